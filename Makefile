@@ -1,0 +1,40 @@
+# Two commands: `make run` trains the default agent, `make test` runs the suite.
+# Both create .venv when missing. torch is installed first at its exact pin so pip
+# takes the local CPU wheel instead of downloading a multi-GB CUDA build.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_PIN := torch==2.13.0
+THREADS ?= 1
+
+.PHONY: run test lint format install bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/tdppo train --threads $(THREADS)
+
+test: install
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: install
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+
+bench: install
+	$(PY) -m pip install --quiet -e ".[test,bench]"
+	$(PY) -m benchmarks all --quick
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
