@@ -20,7 +20,8 @@ _LAZY = {
     "train": "tdppo.train",
     "make_env": "tdppo.envs",
     "load_checkpoint": "tdppo.checkpoint",
-    "load_policy": "tdppo.checkpoint",
+    "load_policy": "tdppo.policy",
+    "evaluate": "tdppo.evaluate",
 }
 
 __all__ = ["__version__", *_LAZY]

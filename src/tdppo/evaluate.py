@@ -1,0 +1,68 @@
+"""Evaluate a checkpointed policy on fresh, unnormalized environments (statistics frozen)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+__all__ = ["evaluate"]
+
+
+@torch.no_grad()
+def evaluate(
+    path: str | Path,
+    episodes: int = 10,
+    seed: int = 0,
+    deterministic: bool = True,
+    device: str | torch.device | None = None,
+) -> dict:
+    """Mean return of ``episodes`` episodes (one per env, run in one batch).
+
+    Never updates or writes any statistic: the eval envs carry no normalizer, and the
+    policy's observation normalizer is the checkpoint's, frozen.
+    """
+    from tdppo import random as trand
+    from tdppo.envs import make_env
+    from tdppo.policy import config_of, load_policy
+    from tdppo.checkpoint import load_checkpoint
+
+    if episodes < 1:
+        raise ValueError(f"--episodes must be >= 1 (got {episodes})")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    policy = load_policy(path, device=device, deterministic=deterministic)
+    cfg = config_of(load_checkpoint(path, device=device))
+    env = make_env(
+        cfg.env, episodes, device=device, backend=cfg.backend, normalize_obs=False,
+        normalize_reward=False, seed=seed,
+    )  # fmt: skip
+    key = trand.key(seed, device)
+    td = env.reset()
+    returns = torch.zeros(episodes, dtype=torch.float64, device=device)
+    lengths = torch.zeros(episodes, dtype=torch.int64, device=device)
+    finished = torch.zeros(episodes, dtype=torch.bool, device=device)
+    t = 0
+    while not bool(finished.all()):
+        td["action"] = policy(td["observation"], trand.fold_in(key, t))
+        td = env.step(td)
+        r = td["next", "reward"].reshape(episodes).to(torch.float64)
+        d = td["next", "done"].reshape(episodes)
+        returns += torch.where(finished, 0.0, r)
+        lengths += (~finished).long()
+        finished |= d
+        td = _step_mdp(td)
+        t += 1
+    env.close()
+    rets = returns.cpu().tolist()
+    return {
+        "mean_return": sum(rets) / len(rets),
+        "episodes": episodes,
+        "returns": rets,
+        "mean_length": float(lengths.double().mean()),
+    }
+
+
+def _step_mdp(td):
+    from torchrl.envs.utils import step_mdp
+
+    return step_mdp(td)

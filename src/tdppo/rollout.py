@@ -1,0 +1,208 @@
+"""Batched collection of ``T`` steps over ``num_envs`` environments, with autoreset.
+
+Two collectors share one contract: ``collect(carry, tstate, policy_params, steps0) ->
+(carry, tstate, batch)`` where ``carry`` is the environment's root TensorDict (the observation
+the next step starts from, physical state, step counts, episode counters and returns),
+``tstate`` is ``TensorDict.from_module(env.transform)`` (every transform's statistics), and
+``batch`` is a TensorDict of batch size ``[num_envs, T]`` with TorchRL keys (``observation``,
+``action``, ``sample_log_prob``, ``("next", "observation" | "reward" | "terminated" |
+"truncated" | "done" | "episode_reward")``). Policy noise for vector step ``s`` is drawn from
+``fold_in(policy_key, s)``, so both collectors draw the same actions.
+
+- :class:`FusedCollector` (built-in torch envs and make_env's transform stack): the policy,
+  the env dynamics, the transforms' pure functions and the in-batch partial reset are fused in
+  one function, compiled with ``torch.compile``; no host sync per step. It is the same
+  pipeline as the ``TransformedEnv`` (a test steps both and compares), without TorchRL's
+  per-step Python (``EnvBase.step`` costs ~0.7 ms here, the fused step ~0.1 ms).
+- :class:`GenericCollector` (any ``TransformedEnv``, e.g. TorchRL ``GymEnv``): TorchRL's
+  ``step_and_maybe_reset`` with the (optionally compiled) policy step.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict
+from torchrl.envs import TransformedEnv
+from torchrl.envs.transforms import Compose, RewardSum
+
+from tdppo import nets
+from tdppo import random as trand
+from tdppo.transforms import (
+    RunningObservationNorm,
+    RunningRewardNorm,
+    obs_norm_step,
+    reward_norm_step,
+)
+
+__all__ = ["FusedCollector", "GenericCollector", "make_collector", "policy_step_fn"]
+
+
+def _transforms(env: TransformedEnv) -> list:
+    t = env.transform
+    return list(t.transforms) if isinstance(t, Compose) else [t]
+
+
+def policy_step_fn(actor: torch.nn.Module):
+    """``(params, obs, key) -> (action, log_prob)``: a pure sampling step of ``actor``."""
+
+    def step(params: TensorDict, obs: torch.Tensor, key: torch.Tensor):
+        dp = nets.dist_params(actor, params, obs)
+        action = nets.sample(dp, key)
+        return action, nets.log_prob(dp, action)
+
+    return step
+
+
+class FusedCollector:
+    """One compiled function per vector step: policy -> dynamics -> transforms -> autoreset.
+
+    Supports a ``TransformedEnv`` over a :class:`tdppo.envs.base.TorchEnv` whose transforms are
+    drawn from ``RewardSum``, :class:`RunningObservationNorm` and :class:`RunningRewardNorm`
+    (the stack :func:`tdppo.make_env` builds); anything else is ``NotImplementedError`` and the
+    caller falls back to :class:`GenericCollector`.
+    """
+
+    def __init__(
+        self, env: TransformedEnv, actor: torch.nn.Module, policy_key: torch.Tensor, compile: bool
+    ):
+        from tdppo.envs.base import TorchEnv
+
+        base = env.base_env
+        if not isinstance(base, TorchEnv):
+            raise NotImplementedError("fused collection needs a built-in torch env")
+        self.dyn = base.dynamics
+        self.num_envs = base.batch_size[0]
+        self.policy_key = policy_key
+        self.env_key = base.rng_key
+        # (index in Compose, kind, transform)
+        self.plan = []
+        for i, t in enumerate(_transforms(env)):
+            if isinstance(t, RunningObservationNorm):
+                self.plan.append((str(i), "obs", t))
+            elif isinstance(t, RunningRewardNorm):
+                self.plan.append((str(i), "reward", t))
+            elif isinstance(t, RewardSum):
+                self.plan.append((str(i), "sum", t))
+            else:
+                raise NotImplementedError(f"transform {type(t).__name__} is not fusable")
+        self.policy = policy_step_fn(actor)
+        self._step = self._step_impl
+        if compile:
+            self._step = torch.compile(self._step_impl, dynamic=False)
+
+    # -- pure --------------------------------------------------------------------------------
+    def _tstate(self, tstate: TensorDict, i: str) -> TensorDict:
+        return tstate["transforms", i]
+
+    def _step_impl(self, carry: TensorDict, tstate: TensorDict, params: TensorDict, key):
+        dyn = self.dyn
+        obs = carry["observation"]
+        action, logp = self.policy(params, obs, key)
+        next_state, reward, terminated = dyn.step(carry["state"], action)
+        step_count = carry["step_count"] + 1
+        truncated = step_count >= dyn.max_episode_steps
+        terminated = terminated.unsqueeze(-1)
+        done = terminated | truncated
+        reward = reward.unsqueeze(-1)
+        out_obs = dyn.observe(next_state)
+        out_reward = reward
+        ep_ret = carry.get("episode_reward", None)
+        new_t = {}
+        for i, kind, t in self.plan:
+            ts = self._tstate(tstate, i)
+            if kind == "sum":
+                ep_ret = ep_ret + reward
+            elif kind == "obs":
+                ts, out_obs = obs_norm_step(ts, out_obs, None, eps=t.eps, clip=t.clip, update=True)
+            else:
+                ts, out_reward = reward_norm_step(
+                    ts, out_reward, terminated, done, eps=t.eps, clip=t.clip, update=True
+                )
+            new_t[i] = ts
+        # -- autoreset of the done envs, inside the batch ------------------------------------
+        episode = carry["episode"] + done.long()
+        from tdppo.envs.base import reset_uniforms
+
+        idx = torch.arange(self.num_envs, device=obs.device)
+        u = reset_uniforms(self.env_key, idx, episode.squeeze(-1), dyn.state_dim, next_state.dtype)
+        reset_state = dyn.initial_state(u)
+        reset_obs = dyn.observe(reset_state)
+        for i, kind, t in self.plan:
+            if kind == "obs":
+                ts, reset_obs = obs_norm_step(
+                    new_t[i], reset_obs, done.squeeze(-1), eps=t.eps, clip=t.clip, update=True
+                )
+                new_t[i] = ts
+        new_carry = {
+            "observation": torch.where(done, reset_obs, out_obs),
+            "state": torch.where(done, reset_state, next_state),
+            "step_count": torch.where(done, torch.zeros_like(step_count), step_count),
+            "episode": episode,
+        }
+        nxt = {
+            "observation": out_obs,
+            "reward": out_reward,
+            "terminated": terminated,
+            "truncated": truncated,
+            "done": done,
+        }
+        if ep_ret is not None:
+            new_carry["episode_reward"] = torch.where(done, torch.zeros_like(ep_ret), ep_ret)
+            nxt["episode_reward"] = ep_ret
+        new_carry = TensorDict(new_carry, batch_size=carry.batch_size)
+        new_tstate = tstate.copy()
+        for i, ts in new_t.items():
+            new_tstate["transforms", i] = ts
+        trans = TensorDict(
+            {"observation": obs, "action": action, "sample_log_prob": logp, "next": nxt},
+            batch_size=carry.batch_size,
+        )
+        return new_carry, new_tstate, trans
+
+    # -- impure driver ---------------------------------------------------------------------------
+    def collect(self, carry, tstate, params, steps0: torch.Tensor, num_steps: int):
+        """Run ``num_steps`` vector steps; returns ``(carry, tstate, batch[num_envs, T])``."""
+        keys = trand.fold_in(self.policy_key, steps0 + torch.arange(num_steps, device=steps0.device))
+        out = []
+        for t in range(num_steps):
+            carry, tstate, trans = self._step(carry, tstate, params, keys[t])
+            out.append(trans)
+        return carry, tstate, torch.stack(out, dim=1)
+
+
+class GenericCollector:
+    """TorchRL's ``step_and_maybe_reset`` on any ``TransformedEnv``, with our policy step."""
+
+    def __init__(
+        self, env: TransformedEnv, actor: torch.nn.Module, policy_key: torch.Tensor, compile: bool
+    ):
+        self.env = env
+        self.policy_key = policy_key
+        self.policy = policy_step_fn(actor)
+        if compile:
+            self.policy = torch.compile(self.policy, dynamic=False)
+
+    def collect(self, carry, tstate, params, steps0: torch.Tensor, num_steps: int):
+        keys = trand.fold_in(self.policy_key, steps0 + torch.arange(num_steps, device=steps0.device))
+        td = carry
+        out = []
+        for t in range(num_steps):
+            action, logp = self.policy(params, td["observation"], keys[t])
+            td = td.clone(recurse=False)
+            td["action"] = action
+            td["sample_log_prob"] = logp
+            tr, td = self.env.step_and_maybe_reset(td)
+            out.append(tr.select("observation", "action", "sample_log_prob", "next"))
+        batch = torch.stack(out, dim=1)
+        return td, TensorDict.from_module(self.env.transform), batch
+
+
+def make_collector(env, actor, policy_key, compile: bool, fused: bool | None = None):
+    """The fused collector when the pipeline allows it (``fused=None``), else the generic one."""
+    if fused is not False:
+        try:
+            return FusedCollector(env, actor, policy_key, compile)
+        except NotImplementedError:
+            if fused:
+                raise
+    return GenericCollector(env, actor, policy_key, compile)
