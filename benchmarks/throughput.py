@@ -1,0 +1,390 @@
+"""Training throughput per system, its env-only and update-only ceilings, and a num_envs sweep.
+
+``python -m benchmarks throughput [--quick|--smoke] [--threads N] [--frames N] [--out DIR]``
+
+Training SPS is frames per wall-clock second *with updates included*, taken between the end of
+the first iteration and the end of the last (compilation and warm-up excluded, as LeanRL does);
+``sps_total`` includes them. Rows run interleaved (A B C ... A B C ...); the table gives the
+median over repeats and the ratio to the CleanRL-style row on the same env.
+
+Ceilings, per system: *env-only* is the system's own collection path stepped with random actions
+(normalisers on); *update-only* is its PPO update (10 epochs x 8 minibatches) on one batch,
+timed alone, in frames of batch per second. Their serial composition
+``floor = 1 / (1/env + 1/update)`` is the best training SPS the system could reach without
+overlapping the two; ``train / floor`` says how close it gets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks import common
+from benchmarks.common import finite_median, fmt, interleaved
+from benchmarks.systems import REFERENCE, SYSTEMS, THROUGHPUT, ceiling, runner
+
+
+@dataclass(frozen=True)
+class Settings:
+    envs: tuple[str, ...]
+    frames: int
+    """Frames per training run (whole batches of num_envs x num_steps)."""
+    repeats: int
+    num_envs: int = 8
+    num_steps: int = 256
+    epochs: int = 10
+    minibatches: int = 8
+    ceiling_frames: int = 4096
+    ceiling_iters: int = 2
+    sweep: tuple[int, ...] = (8, 32, 128, 512, 1024, 2048, 4096)
+    sweep_batches: int = 4
+    """Iterations per sweep point (the first is excluded from the steady SPS)."""
+    sweep_repeats: int = 3
+    sweep_system: str = "tdppo torch compiled"
+    note: str = ""
+
+
+MODES: dict[str, Settings] = {
+    "full": Settings(envs=("Pendulum-v1", "CartPole-v1"), frames=16 * 2048, repeats=3),
+    "quick": Settings(
+        envs=("Pendulum-v1", "CartPole-v1"),
+        frames=3 * 2048,
+        repeats=3,
+        ceiling_frames=2048,
+        ceiling_iters=1,
+        sweep=(8, 128, 1024, 4096),
+        sweep_batches=3,
+        sweep_repeats=1,
+        note="--quick: 3 iterations per run (the steady SPS spans the last 2); num_envs sweep "
+        "with 1 repeat per point.",
+    ),
+    "smoke": Settings(
+        envs=("Pendulum-v1",),
+        frames=2 * 512,
+        repeats=1,
+        num_steps=64,
+        epochs=2,
+        minibatches=2,
+        ceiling_frames=512,
+        ceiling_iters=1,
+        sweep=(8, 64),
+        sweep_batches=2,
+        sweep_repeats=1,
+        note="--smoke: a pipeline check, not a measurement (64-step rollouts, 2 epochs x 2 "
+        "minibatches, 1 repeat).",
+    ),
+}
+
+CEILING_SYSTEMS = [
+    "SB3",
+    "CleanRL-style",
+    "TorchRL-style",
+    "tdppo torch compiled",  # env-only is shared with the eager row
+    "tdppo gym compiled",
+]
+
+
+def sweep_steps(num_envs: int) -> int:
+    """Rollout length at ``num_envs``: 256 up to 256 envs, then a 64k-frame batch (min 16)."""
+    return max(16, min(256, 65536 // num_envs))
+
+
+def _training(s: Settings, threads: int, log: Callable[[str], None]) -> list[dict]:
+    runs = []
+    for env_id in s.envs:
+        log(f"== training throughput on {env_id}")
+        rows = {
+            name: (
+                lambda r, name=name, env_id=env_id: runner(name)(
+                    env_id=env_id,
+                    frames=s.frames,
+                    seed=r,
+                    num_envs=s.num_envs,
+                    num_steps=s.num_steps,
+                    epochs=s.epochs,
+                    minibatches=s.minibatches,
+                    threads=threads,
+                    eval_episodes=0,
+                )
+            )
+            for name in THROUGHPUT
+        }
+        for name, results in interleaved(rows, s.repeats, log).items():
+            for res in results:
+                runs.append({"env": env_id, "system": name, **_without_curve(res)})
+    return runs
+
+
+def _without_curve(res: dict) -> dict:
+    return {k: v for k, v in res.items() if k != "curve"}
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """One row per (env, system): median/min/max SPS over repeats and the ratio to CleanRL."""
+    out = []
+    for env_id in dict.fromkeys(r["env"] for r in runs):
+        rows = []
+        for name in dict.fromkeys(r["system"] for r in runs if r["env"] == env_id):
+            mine = [r for r in runs if r["env"] == env_id and r["system"] == name]
+            ok = [r for r in mine if not r.get("error")]
+            sps = [r["sps"] for r in ok]
+            rows.append(
+                {
+                    "env": env_id,
+                    "system": name,
+                    "sps": finite_median(sps),
+                    "sps_min": min(sps) if sps else math.nan,
+                    "sps_max": max(sps) if sps else math.nan,
+                    "sps_total": finite_median([r["sps_total"] for r in ok]),
+                    "frames": ok[0]["frames"] if ok else "",
+                    "repeats": len(ok),
+                    "error": next((r["error"] for r in mine if r.get("error")), ""),
+                    "setup": SYSTEMS[name].note if name in SYSTEMS else "",
+                }
+            )
+        ref = next((r["sps"] for r in rows if r["system"] == REFERENCE), math.nan)
+        for r in rows:
+            r["x_cleanrl"] = r["sps"] / ref if ref and math.isfinite(ref) else math.nan
+        out += rows
+    return out
+
+
+def _ceilings(s: Settings, threads: int, summary: list[dict], log) -> list[dict]:
+    out = []
+    for env_id in s.envs:
+        log(f"== ceilings on {env_id}")
+        rows: dict[str, Callable[[int], dict]] = {}
+        for name in CEILING_SYSTEMS:
+            rows[f"{name}|env"] = lambda r, name=name, env_id=env_id: ceiling(
+                name,
+                "env_only",
+                env_id=env_id,
+                frames=s.ceiling_frames,
+                num_envs=s.num_envs,
+                threads=threads,
+            )
+            rows[f"{name}|update"] = lambda r, name=name, env_id=env_id: ceiling(
+                name,
+                "update_only",
+                env_id=env_id,
+                num_envs=s.num_envs,
+                num_steps=s.num_steps,
+                epochs=s.epochs,
+                minibatches=s.minibatches,
+                threads=threads,
+                iters=s.ceiling_iters,
+            )
+        res = interleaved(rows, s.repeats, log)
+        for name in CEILING_SYSTEMS:
+            env_sps = finite_median([r.get("sps", math.nan) for r in res[f"{name}|env"]])
+            upd = finite_median([r.get("fps", math.nan) for r in res[f"{name}|update"]])
+            train = next(
+                (r["sps"] for r in summary if r["env"] == env_id and r["system"] == name),
+                math.nan,
+            )
+            floor = 1.0 / (1.0 / env_sps + 1.0 / upd) if env_sps > 0 and upd > 0 else math.nan
+            errors = [
+                r["error"] for k in ("env", "update") for r in res[f"{name}|{k}"] if r["error"]
+            ]
+            out.append(
+                {
+                    "env": env_id,
+                    "system": name,
+                    "train_sps": train,
+                    "env_only_sps": env_sps,
+                    "update_only_fps": upd,
+                    "floor_sps": floor,
+                    "train_vs_floor": train / floor if floor > 0 else math.nan,
+                    "note": "; ".join(errors),
+                }
+            )
+    return out
+
+
+def _sweep(s: Settings, threads: int, log) -> list[dict]:
+    log(f"== num_envs sweep ({s.sweep_system}, Pendulum-v1)")
+    rows: dict[str, Callable[[int], dict]] = {}
+    for n in s.sweep:
+        steps = sweep_steps(n) if s.num_steps == 256 else s.num_steps
+        rows[f"{n}|train"] = lambda r, n=n, steps=steps: runner(s.sweep_system)(
+            env_id="Pendulum-v1",
+            frames=s.sweep_batches * n * steps,
+            seed=r,
+            num_envs=n,
+            num_steps=steps,
+            epochs=s.epochs,
+            minibatches=s.minibatches,
+            threads=threads,
+            eval_episodes=0,
+        )
+        rows[f"{n}|env"] = lambda r, n=n, steps=steps: ceiling(
+            s.sweep_system,
+            "env_only",
+            env_id="Pendulum-v1",
+            frames=max(n * 8, min(n * steps, 65536)),
+            num_envs=n,
+            threads=threads,
+        )
+    res = interleaved(rows, s.sweep_repeats, log)
+    out = []
+    for n in s.sweep:
+        steps = sweep_steps(n) if s.num_steps == 256 else s.num_steps
+        train, env = res[f"{n}|train"], res[f"{n}|env"]
+        errors = [r["error"] for r in train + env if r["error"]]
+        out.append(
+            {
+                "num_envs": n,
+                "num_steps": steps,
+                "batch": n * steps,
+                "train_sps": finite_median([r.get("sps", math.nan) for r in train]),
+                "train_sps_total": finite_median([r.get("sps_total", math.nan) for r in train]),
+                "env_only_sps": finite_median([r.get("sps", math.nan) for r in env]),
+                "repeats": sum(1 for r in train if not r["error"]),
+                "note": "; ".join(dict.fromkeys(errors)),
+            }
+        )
+    return out
+
+
+SUMMARY_COLS = [
+    "env",
+    "system",
+    "sps",
+    "x_cleanrl",
+    "sps_min",
+    "sps_max",
+    "sps_total",
+    "frames",
+    "repeats",
+    "error",
+]
+RUN_COLS = ["env", "system", "repeat", "frames", "wall_s", "sps", "sps_total", "error"]
+CEILING_COLS = [
+    "env",
+    "system",
+    "train_sps",
+    "env_only_sps",
+    "update_only_fps",
+    "floor_sps",
+    "train_vs_floor",
+    "note",
+]
+SWEEP_COLS = [
+    "num_envs",
+    "num_steps",
+    "batch",
+    "train_sps",
+    "train_sps_total",
+    "env_only_sps",
+    "repeats",
+    "note",
+]
+
+
+def run(
+    mode: str = "full",
+    threads: int = 1,
+    out: Path = common.RESULTS,
+    frames: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Path]:
+    """Run the benchmark in ``mode`` (full, quick, smoke); write CSVs, markdown and plots."""
+    s = MODES[mode]
+    if frames:
+        batch = s.num_envs * s.num_steps
+        s = Settings(**{**s.__dict__, "frames": max(1, frames // batch) * batch})
+    facts = common.machine_facts(threads)
+    log("machine: " + ", ".join(f"{k}={v}" for k, v in facts.items()))
+    runs = _training(s, threads, log)
+    summary = summarize(runs)
+    ceilings = _ceilings(s, threads, summary, log)
+    sweep = _sweep(s, threads, log)
+
+    tag = "" if mode == "full" else f"-{mode}"
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "csv": common.write_csv(out / f"throughput{tag}.csv", summary, SUMMARY_COLS),
+        "runs_csv": common.write_csv(out / f"throughput-runs{tag}.csv", runs, RUN_COLS),
+        "ceilings_csv": common.write_csv(
+            out / f"throughput-ceilings{tag}.csv", ceilings, CEILING_COLS
+        ),
+        "sweep_csv": common.write_csv(out / f"throughput-sweep{tag}.csv", sweep, SWEEP_COLS),
+    }
+    for env_id in s.envs:
+        mine = [r for r in summary if r["env"] == env_id]
+        files[f"png_{env_id}"] = common.plot_bars(
+            out / f"throughput-{env_id}{tag}.png",
+            [r["system"] for r in mine],
+            [r["sps"] for r in mine],
+            f"PPO training SPS, {env_id}, {threads} thread(s)",
+            "frames / s (updates included)",
+        )
+    files["png_sweep"] = common.plot_lines(
+        out / f"throughput-sweep{tag}.png",
+        {
+            "training SPS": (
+                [r["num_envs"] for r in sweep],
+                [r["train_sps"] for r in sweep],
+            ),
+            "env-only SPS": (
+                [r["num_envs"] for r in sweep],
+                [r["env_only_sps"] for r in sweep],
+            ),
+        },
+        f"{s.sweep_system}, Pendulum-v1, {threads} thread(s)",
+        "num_envs",
+        "frames / s",
+        logx=True,
+    )
+    files["md"] = common.write_markdown(
+        out / f"throughput{tag}.md",
+        f"Training throughput ({mode})",
+        facts,
+        _sections(s, mode, summary, ceilings, sweep, files),
+    )
+    log(f"wrote {files['md']}")
+    return files
+
+
+def _sections(s, mode, summary, ceilings, sweep, files) -> list[tuple[str, str]]:
+    setup = (
+        f"{s.num_envs} envs x {s.num_steps} steps, {s.epochs} epochs x {s.minibatches} "
+        f"minibatches, 64-64 tanh MLPs, lr 3e-4, gamma 0.99, lambda 0.95, clip 0.2, no entropy "
+        f"bonus, no value clipping; {s.frames} frames per run; median of {s.repeats} "
+        f"interleaved repeats (A B C ... A B C ...). `sps` excludes the first iteration "
+        f"(compilation, warm-up); `sps_total` includes it. `x_cleanrl` = sps / CleanRL-style sps."
+    )
+    if s.note:
+        setup += f"\n\n{s.note}"
+    if mode == "quick" and s.repeats < 3:
+        setup += f"\n\nOnly {s.repeats} repeat(s) fit the 2-minute --quick budget."
+    rows = "\n".join(f"- **{n}**: {SYSTEMS[n].note}" for n in THROUGHPUT)
+    plots = "\n".join(f"![{k}]({p.name})" for k, p in files.items() if p.suffix == ".png")
+    return [
+        ("Setup", setup + "\n\nRows:\n\n" + rows),
+        ("Training SPS", common.markdown_table(summary, SUMMARY_COLS)),
+        (
+            "Ceilings (env-only, update-only, and how close training gets)",
+            common.markdown_table(ceilings, CEILING_COLS),
+        ),
+        (
+            f"num_envs sweep ({s.sweep_system}, Pendulum-v1)",
+            common.markdown_table(sweep, SWEEP_COLS) + "\n\n" + _saturation(sweep),
+        ),
+        ("Plots", plots),
+    ]
+
+
+def _saturation(sweep: list[dict]) -> str:
+    """Where training SPS stops growing: the first point within 10% of the best."""
+    ok = [r for r in sweep if math.isfinite(r["train_sps"])]
+    if not ok:
+        return "No sweep point ran."
+    best = max(r["train_sps"] for r in ok)
+    first = next(r for r in ok if r["train_sps"] >= 0.9 * best)
+    return (
+        f"Training SPS peaks at {fmt(best)}; it is within 10% of that from "
+        f"num_envs = {first['num_envs']} on."
+    )
