@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     cmd, rest = argv[0], argv[1:]
     commands = {"train": _train, "eval": _eval, "inspect": _inspect}
     if cmd not in commands:
-        print(f"tdppo: unknown command {cmd!r}; expected one of train, eval, inspect", file=sys.stderr)
+        print(
+            f"tdppo: unknown command {cmd!r}; expected one of train, eval, inspect", file=sys.stderr
+        )
         return 2
     from tdppo.checkpoint import CheckpointError
 

@@ -13,7 +13,7 @@ defaults of the fields they name; flags given on the command line override both.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = ["Config", "PRESETS", "RESUME_FIXED", "RESUME_MUTABLE", "config_diff"]
@@ -176,7 +176,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_envs=8, num_steps=256, gamma=0.9, lr=1e-3, minibatches=16, epochs=10, ent_coef=0.0
     ),
     "CartPole-v1": dict(
-        num_envs=8, num_steps=128, gamma=0.99, lr=2.5e-4, minibatches=4, epochs=4, ent_coef=0.01,
+        num_envs=8,
+        num_steps=128,
+        gamma=0.99,
+        lr=2.5e-4,
+        minibatches=4,
+        epochs=4,
+        ent_coef=0.01,
         frames=100_000,
     ),
     "Acrobot-v1": dict(
@@ -184,8 +190,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "MountainCarContinuous-v0": dict(num_envs=8, num_steps=256, gamma=0.99, ent_coef=0.0),
     "HalfCheetah-v5": dict(
-        num_envs=8, num_steps=256, gamma=0.99, lr=3e-4, minibatches=32, epochs=10,
-        frames=1_000_000, backend="gym",
+        num_envs=8,
+        num_steps=256,
+        gamma=0.99,
+        lr=3e-4,
+        minibatches=32,
+        epochs=10,
+        frames=1_000_000,
+        backend="gym",
     ),
 }
 
@@ -197,9 +209,7 @@ RESUME_FIXED = (
     "adam_eps", "gamma", "gae_lambda", "clip_eps", "clip_vloss", "norm_adv", "ent_coef",
     "vf_coef", "max_grad_norm", "hidden", "activation", "init_log_std",
 )  # fmt: skip
-RESUME_MUTABLE = tuple(
-    f.name for f in dataclasses.fields(Config) if f.name not in RESUME_FIXED
-)
+RESUME_MUTABLE = tuple(f.name for f in dataclasses.fields(Config) if f.name not in RESUME_FIXED)
 
 
 def config_diff(saved: dict[str, Any], new: Config) -> list[str]:

@@ -23,9 +23,9 @@ def evaluate(
     policy's observation normalizer is the checkpoint's, frozen.
     """
     from tdppo import random as trand
+    from tdppo.checkpoint import load_checkpoint
     from tdppo.envs import make_env
     from tdppo.policy import config_of, load_policy
-    from tdppo.checkpoint import load_checkpoint
 
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1 (got {episodes})")

@@ -36,9 +36,7 @@ class DeployedPolicy(torch.nn.Module):
         self.eval()
 
     @torch.no_grad()
-    def forward(
-        self, observation: torch.Tensor, key: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, observation: torch.Tensor, key: torch.Tensor | None = None) -> torch.Tensor:
         from tdppo import nets
 
         obs = observation
@@ -63,7 +61,9 @@ def load_policy(
     device = torch.device(device) if device is not None else torch.device("cpu")
     state = load_checkpoint(path, device=device)
     cfg = config_of(state)
-    env, actor, _ = build_components(cfg.__class__(**{**cfg.__dict__, "device": str(device)}), device)
+    env, actor, _ = build_components(
+        cfg.__class__(**{**cfg.__dict__, "device": str(device)}), device
+    )
     TensorDict.from_module(actor).data.update_(state["policy"])
     obs_norm = None
     live_t = TensorDict.from_module(env.transform)

@@ -27,6 +27,7 @@ from torchrl.envs.transforms import Compose, RewardSum
 
 from tdppo import nets
 from tdppo import random as trand
+from tdppo.envs.base import TorchEnv, autoreset_step
 from tdppo.transforms import (
     RunningObservationNorm,
     RunningRewardNorm,
@@ -65,8 +66,6 @@ class FusedCollector:
     def __init__(
         self, env: TransformedEnv, actor: torch.nn.Module, policy_key: torch.Tensor, compile: bool
     ):
-        from tdppo.envs.base import TorchEnv
-
         base = env.base_env
         if not isinstance(base, TorchEnv):
             raise NotImplementedError("fused collection needs a built-in torch env")
@@ -91,56 +90,50 @@ class FusedCollector:
             self._step = torch.compile(self._step_impl, dynamic=False)
 
     # -- pure --------------------------------------------------------------------------------
-    def _tstate(self, tstate: TensorDict, i: str) -> TensorDict:
-        return tstate["transforms", i]
-
     def _step_impl(self, carry: TensorDict, tstate: TensorDict, params: TensorDict, key):
-        dyn = self.dyn
         obs = carry["observation"]
         action, logp = self.policy(params, obs, key)
-        next_state, reward, terminated = dyn.step(carry["state"], action)
-        step_count = carry["step_count"] + 1
-        truncated = step_count >= dyn.max_episode_steps
-        terminated = terminated.unsqueeze(-1)
+        # dynamics + time limit + same-step autoreset (pure, tdppo.envs.base)
+        out = autoreset_step(
+            self.dyn,
+            self.env_key,
+            carry["state"],
+            carry["step_count"].squeeze(-1),
+            carry["episode"].squeeze(-1),
+            action,
+        )
+        terminated, truncated = out.terminated.unsqueeze(-1), out.truncated.unsqueeze(-1)
         done = terminated | truncated
-        reward = reward.unsqueeze(-1)
-        out_obs = dyn.observe(next_state)
-        out_reward = reward
+        reward = out.reward.unsqueeze(-1)
+        next_obs, carry_obs, out_reward = out.next_observation, out.observation, reward
         ep_ret = carry.get("episode_reward", None)
-        new_t = {}
+        new_tstate = tstate.copy()
+        # the transform stack, in pipeline order: step values first, then the reset rows
         for i, kind, t in self.plan:
-            ts = self._tstate(tstate, i)
+            ts = tstate["transforms", i]
             if kind == "sum":
                 ep_ret = ep_ret + reward
             elif kind == "obs":
-                ts, out_obs = obs_norm_step(ts, out_obs, None, eps=t.eps, clip=t.clip, update=True)
+                ts, next_obs = obs_norm_step(
+                    ts, next_obs, None, eps=t.eps, clip=t.clip, update=True
+                )
+                ts, reset_obs = obs_norm_step(
+                    ts, carry_obs, done.squeeze(-1), eps=t.eps, clip=t.clip, update=True
+                )
+                carry_obs = torch.where(done, reset_obs, next_obs)
             else:
                 ts, out_reward = reward_norm_step(
                     ts, out_reward, terminated, done, eps=t.eps, clip=t.clip, update=True
                 )
-            new_t[i] = ts
-        # -- autoreset of the done envs, inside the batch ------------------------------------
-        episode = carry["episode"] + done.long()
-        from tdppo.envs.base import reset_uniforms
-
-        idx = torch.arange(self.num_envs, device=obs.device)
-        u = reset_uniforms(self.env_key, idx, episode.squeeze(-1), dyn.state_dim, next_state.dtype)
-        reset_state = dyn.initial_state(u)
-        reset_obs = dyn.observe(reset_state)
-        for i, kind, t in self.plan:
-            if kind == "obs":
-                ts, reset_obs = obs_norm_step(
-                    new_t[i], reset_obs, done.squeeze(-1), eps=t.eps, clip=t.clip, update=True
-                )
-                new_t[i] = ts
+            new_tstate["transforms", i] = ts
         new_carry = {
-            "observation": torch.where(done, reset_obs, out_obs),
-            "state": torch.where(done, reset_state, next_state),
-            "step_count": torch.where(done, torch.zeros_like(step_count), step_count),
-            "episode": episode,
+            "observation": carry_obs,
+            "state": out.state,
+            "step_count": out.step_count.unsqueeze(-1),
+            "episode": out.episode.unsqueeze(-1),
         }
         nxt = {
-            "observation": out_obs,
+            "observation": next_obs,
             "reward": out_reward,
             "terminated": terminated,
             "truncated": truncated,
@@ -149,20 +142,18 @@ class FusedCollector:
         if ep_ret is not None:
             new_carry["episode_reward"] = torch.where(done, torch.zeros_like(ep_ret), ep_ret)
             nxt["episode_reward"] = ep_ret
-        new_carry = TensorDict(new_carry, batch_size=carry.batch_size)
-        new_tstate = tstate.copy()
-        for i, ts in new_t.items():
-            new_tstate["transforms", i] = ts
         trans = TensorDict(
             {"observation": obs, "action": action, "sample_log_prob": logp, "next": nxt},
             batch_size=carry.batch_size,
         )
-        return new_carry, new_tstate, trans
+        return TensorDict(new_carry, batch_size=carry.batch_size), new_tstate, trans
 
     # -- impure driver ---------------------------------------------------------------------------
     def collect(self, carry, tstate, params, steps0: torch.Tensor, num_steps: int):
         """Run ``num_steps`` vector steps; returns ``(carry, tstate, batch[num_envs, T])``."""
-        keys = trand.fold_in(self.policy_key, steps0 + torch.arange(num_steps, device=steps0.device))
+        keys = trand.fold_in(
+            self.policy_key, steps0 + torch.arange(num_steps, device=steps0.device)
+        )
         out = []
         for t in range(num_steps):
             carry, tstate, trans = self._step(carry, tstate, params, keys[t])
@@ -183,7 +174,9 @@ class GenericCollector:
             self.policy = torch.compile(self.policy, dynamic=False)
 
     def collect(self, carry, tstate, params, steps0: torch.Tensor, num_steps: int):
-        keys = trand.fold_in(self.policy_key, steps0 + torch.arange(num_steps, device=steps0.device))
+        keys = trand.fold_in(
+            self.policy_key, steps0 + torch.arange(num_steps, device=steps0.device)
+        )
         td = carry
         out = []
         for t in range(num_steps):

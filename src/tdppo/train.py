@@ -37,7 +37,9 @@ def resolve_device(spec: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(spec)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {spec}: CUDA is not available on this machine (use cpu or auto)")
+        raise ValueError(
+            f"--device {spec}: CUDA is not available on this machine (use cpu or auto)"
+        )
     return dev
 
 
@@ -79,7 +81,9 @@ def build_components(cfg: Config, device: torch.device):
             init_log_std=cfg.init_log_std,
             device=device,
         )
-        critic = nets.make_critic(obs_dim, hidden=cfg.hidden, activation=cfg.activation, device=device)
+        critic = nets.make_critic(
+            obs_dim, hidden=cfg.hidden, activation=cfg.activation, device=device
+        )
     return env, actor, critic
 
 
@@ -136,8 +140,8 @@ def train(config: Config | None = None, **overrides) -> TensorDict:
         # Read and verify before building anything: a config mismatch or a damaged run is
         # reported before any file is touched.
         path, skipped = ckpt.resolve(run_dir)
-        for bad, why in skipped:
-            _say(cfg, f"tdppo: skipping damaged checkpoint {bad}: {why}")
+        for bad, why in skipped:  # said even with --quiet: the user must know
+            print(f"tdppo: skipping damaged checkpoint {bad}: {why}", file=sys.stderr, flush=True)
         saved = ckpt.load_checkpoint(path, device=device)
         saved_cfg = tensor_json(saved["meta", "config_json"])
         diff = config_diff(saved_cfg, cfg)
@@ -194,7 +198,9 @@ def train(config: Config | None = None, **overrides) -> TensorDict:
         frames_at = int(state["counters", "frames"])
         log.truncate_after(frames_at)
         if skipped:
-            log.note(f"resumed from {path.name} after skipping damaged: {[p.name for p, _ in skipped]}")
+            log.note(
+                f"resumed from {path.name} after skipping damaged: {[p.name for p, _ in skipped]}"
+            )
         _say(cfg, f"tdppo: resumed {run_dir} at {frames_at} frames")
     elif not cfg.quiet:
         _say(cfg, f"tdppo: training {cfg.env} for {cfg.frames} frames in {run_dir}")
@@ -289,7 +295,10 @@ def train(config: Config | None = None, **overrides) -> TensorDict:
         from tdppo.evaluate import evaluate
 
         res = evaluate(run_dir, episodes=cfg.eval_episodes, seed=cfg.seed + 10_000)
-        _say(cfg, f"tdppo: eval mean return over {res['episodes']} episodes: {res['mean_return']:.1f}")
+        _say(
+            cfg,
+            f"tdppo: eval mean return over {res['episodes']} episodes: {res['mean_return']:.1f}",
+        )
     return state
 
 
@@ -302,4 +311,3 @@ def _save(state: TensorDict, run_dir: Path, cfg: Config) -> Path:
         config=cfg.to_dict(),
         keep=cfg.keep,
     )
-

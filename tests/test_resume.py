@@ -1,0 +1,103 @@
+"""Exact resume, in process: (N frames, then resume to 2N) == (2N frames straight), bit for bit.
+
+The reference is the uninterrupted run; every top-level key but ``meta`` must be identical.
+"""
+
+import pytest
+import torch
+
+from tdppo import Config, train
+from tdppo.checkpoint import CheckpointError, load_checkpoint
+from tdppo.state import EXACT_KEYS
+
+SMALL = dict(num_envs=4, num_steps=32, epochs=2, minibatches=4, quiet=True, eval_episodes=0)
+
+
+def _cfg(env, tmp, frames, **kw):
+    return Config.for_env(env, frames=frames, run_dir=str(tmp), **{**SMALL, **kw})
+
+
+def assert_same_state(a, b):
+    for top in EXACT_KEYS:
+        la = a[top].flatten_keys("/")
+        lb = b[top].flatten_keys("/")
+        assert set(la.keys()) == set(lb.keys()), top
+        for k in la.keys():
+            x, y = la[k], lb[k]
+            assert x.dtype == y.dtype and x.shape == y.shape, f"{top}/{k}"
+            assert torch.equal(x, y), f"{top}/{k} differs"
+
+
+@pytest.mark.parametrize(
+    "env", ["Pendulum-v1", "CartPole-v1", "Acrobot-v1", "MountainCarContinuous-v0"]
+)
+def test_resume_bit_exact_every_env(env, tmp_path):
+    n = 4 * 128  # 4 updates of 4 envs x 32 steps
+    straight = train(_cfg(env, tmp_path / "a", 2 * n, compile=False, checkpoint_every=0))
+    train(_cfg(env, tmp_path / "b", n, compile=False, checkpoint_every=0))
+    resumed = train(_cfg(env, tmp_path / "b", 2 * n, compile=False, resume=True))
+    assert_same_state(straight, resumed)
+    # and what is on disk is what was returned
+    assert_same_state(resumed, load_checkpoint(tmp_path / "b"))
+
+
+@pytest.mark.parametrize("cadence", [128, 384])
+def test_resume_any_cadence(cadence, tmp_path):
+    n = 6 * 128
+    straight = train(_cfg("CartPole-v1", tmp_path / "a", n, compile=False, checkpoint_every=0))
+    train(_cfg("CartPole-v1", tmp_path / "b", 2 * 128, compile=False, checkpoint_every=cadence))
+    resumed = train(
+        _cfg("CartPole-v1", tmp_path / "b", n, compile=False, resume=True, checkpoint_every=cadence)
+    )
+    assert_same_state(straight, resumed)
+
+
+@pytest.mark.compile
+def test_resume_bit_exact_compiled(tmp_path):
+    n = 2 * 128
+    straight = train(_cfg("Pendulum-v1", tmp_path / "a", 2 * n, compile=True))
+    train(_cfg("Pendulum-v1", tmp_path / "b", n, compile=True))
+    resumed = train(_cfg("Pendulum-v1", tmp_path / "b", 2 * n, compile=True, resume=True))
+    assert_same_state(straight, resumed)
+
+
+def test_resume_refuses_changed_fixed_fields(tmp_path):
+    train(_cfg("CartPole-v1", tmp_path, 128, compile=False))
+    with pytest.raises(ValueError) as e:
+        train(_cfg("CartPole-v1", tmp_path, 256, compile=False, resume=True, num_envs=8, lr=1e-3))
+    msg = str(e.value)
+    assert "num_envs: 4 -> 8" in msg and "lr:" in msg
+
+
+def test_resume_accepts_mutable_fields(tmp_path):
+    train(_cfg("CartPole-v1", tmp_path, 128, compile=False))
+    s = train(
+        _cfg("CartPole-v1", tmp_path, 256, compile=False, resume=True, checkpoint_every=128, keep=2)
+    )
+    assert int(s["counters", "frames"]) == 256
+
+
+def test_fresh_run_refuses_existing_run_dir(tmp_path):
+    train(_cfg("CartPole-v1", tmp_path, 128, compile=False))
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    with pytest.raises(ValueError, match="--resume"):
+        train(_cfg("CartPole-v1", tmp_path, 128, compile=False))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+
+
+def test_resume_without_checkpoint_is_clear(tmp_path):
+    with pytest.raises((CheckpointError, FileNotFoundError, ValueError)):
+        train(_cfg("CartPole-v1", tmp_path / "nothing", 128, compile=False, resume=True))
+
+
+def test_state_layout_and_views(tmp_path):
+    s = train(_cfg("Pendulum-v1", tmp_path, 128, compile=False))
+    assert set(s.keys()) >= {
+        "policy", "value", "optimizer", "transforms", "env", "rng", "counters", "meta",
+    }  # fmt: skip
+    leaves = s["transforms"].flatten_keys("/").keys()
+    assert any(k.endswith("mean") for k in leaves) and any(k.endswith("acc") for k in leaves)
+    for name in ("frames", "updates", "steps", "episodes"):
+        assert s["counters", name].dtype == torch.int64
+    assert int(s["counters", "frames"]) == 128
+    assert s["env", "state"].shape == (4, 2)
