@@ -204,6 +204,7 @@ def machine_facts(threads: int) -> dict[str, str]:
         "usable cores": str(usable),
         "threads used": str(threads),
         "device": device,
+        "load average (1 min, at start)": f"{os.getloadavg()[0]:.2f}",
         "python": platform.python_version(),
     }
     facts.update({name: _version(name) for name in _VERSIONED})
@@ -280,15 +281,22 @@ def _pyplot():
 
 
 def plot_bars(
-    path: Path, labels: Sequence[str], values: Sequence[float], title: str, ylabel: str
+    path: Path,
+    labels: Sequence[str],
+    values: Sequence[float],
+    title: str,
+    ylabel: str,
+    notes: Sequence[str] | None = None,
 ) -> Path:
-    """Horizontal bar chart (one bar per label); NaN bars are drawn empty."""
+    """Horizontal bar chart (one bar per label, value and ``notes[i]`` written beside it);
+    NaN bars are drawn empty."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(labels) + 1.5))
     vals = [v if math.isfinite(v) else 0.0 for v in values]
     ax.barh(list(labels), vals, color="tab:blue")
     for i, v in enumerate(values):
-        ax.text(vals[i], i, " " + fmt(v), va="center", fontsize=8)
+        extra = f" {notes[i]}" if notes else ""
+        ax.text(vals[i], i, " " + fmt(v) + extra, va="center", fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(ylabel)
     ax.set_title(title)
