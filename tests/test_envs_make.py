@@ -1,0 +1,181 @@
+"""make_env: backends, transform stack, seeding, and its one-line errors.
+
+References: TorchRL's ``check_env_specs``, ``GymEnv`` and ``RewardSum``; a plain Python
+running sum of the raw rewards; gymnasium's own registry.
+"""
+
+from __future__ import annotations
+
+import gymnasium
+import pytest
+import torch
+from torchrl.envs import GymEnv, TransformedEnv
+from torchrl.envs.transforms import RewardSum
+from torchrl.envs.utils import check_env_specs
+
+import tdppo
+from tdppo.envs import DYNAMICS, TorchEnv, make_env
+from tdppo.transforms import RunningObservationNorm, RunningRewardNorm
+
+BUILTIN = list(DYNAMICS)
+
+
+def _actions(env, steps: int, seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    spec = env.action_spec
+    if spec.dtype == torch.int64:
+        return [torch.randint(0, spec.space.n, spec.shape, generator=gen) for _ in range(steps)]
+    low, high = spec.space.low, spec.space.high
+    return [
+        low + (high - low) * torch.rand(spec.shape, generator=gen, dtype=spec.dtype)
+        for _ in range(steps)
+    ]
+
+
+def _rollout(env, actions):
+    td = env.reset()
+    out = []
+    for a in actions:
+        td["action"] = a
+        data, td = env.step_and_maybe_reset(td)
+        out.append(data.clone())
+    return torch.stack(out, 1)
+
+
+def test_exported_from_the_package():
+    assert tdppo.make_env is make_env
+
+
+@pytest.mark.parametrize("env_id", BUILTIN)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_builtin_stack_and_specs(env_id, dtype):
+    env = make_env(env_id, 5, seed=0, dtype=dtype, gamma=0.9, obs_clip=4.0, reward_clip=3.0)
+    assert isinstance(env, TransformedEnv) and isinstance(env.base_env, TorchEnv)
+    assert env.batch_size == (5,)
+    ts = list(env.transform)
+    assert [type(t) for t in ts] == [RewardSum, RunningObservationNorm, RunningRewardNorm]
+    assert ts[1].clip == 4.0 and ts[1].mean.shape == (DYNAMICS[env_id].obs_dim,)
+    assert ts[2].clip == 3.0 and ts[2].acc.shape == (5, 1) and float(ts[2].gamma) == 0.9
+    check_env_specs(env, seed=0)
+    td = env.rollout(4, break_when_any_done=False)
+    assert td["next", "observation"].dtype == dtype
+    assert td["next", "observation"].abs().max() <= 4.0
+    assert td["next", "episode_reward"].shape == (5, 4, 1)
+
+
+def test_normalizers_are_optional():
+    env = make_env("Acrobot-v1", 3, normalize_obs=False, normalize_reward=False, seed=0)
+    assert [type(t) for t in env.transform] == [RewardSum]
+    env = make_env("Acrobot-v1", 3, normalize_obs=False, seed=0)
+    assert [type(t) for t in env.transform] == [RewardSum, RunningRewardNorm]
+
+
+def test_episode_reward_is_the_raw_return():
+    """``episode_reward`` against a Python running sum of the raw rewards of an env without
+    the reward normalizer (same seed, same actions), across time-limit resets."""
+    kw = dict(env_id="Pendulum-v1", num_envs=3, seed=4)
+    normed = make_env(**kw)
+    raw = make_env(**kw, normalize_obs=False, normalize_reward=False)
+    acts = _actions(raw, 230, seed=0)
+    a, b = _rollout(normed, acts), _rollout(raw, acts)
+    assert not torch.equal(a["next", "reward"], b["next", "reward"])  # normalized
+    ret = torch.zeros(3)
+    for t in range(230):
+        ret = ret + b["next", "reward"][:, t, 0]
+        assert torch.allclose(a["next", "episode_reward"][:, t, 0], ret, rtol=1e-6, atol=1e-3)
+        ret = torch.where(b["next", "done"][:, t, 0], torch.zeros(3), ret)
+    assert b["next", "truncated"][:, 199].all()
+
+
+def test_seed_makes_runs_reproducible():
+    acts = _actions(make_env("CartPole-v1", 6, seed=0), 80, seed=1)
+    r1 = _rollout(make_env("CartPole-v1", 6, seed=0), acts)
+    r2 = _rollout(make_env("CartPole-v1", 6, seed=0), acts)
+    r3 = _rollout(make_env("CartPole-v1", 6, seed=1), acts)
+    assert (r1 == r2).all()
+    assert not torch.equal(r1["observation"], r3["observation"])
+
+
+def _one_line_value_error(match: str, *args, **kwargs) -> str:
+    with pytest.raises(ValueError, match=match) as info:
+        make_env(*args, **kwargs)
+    msg = str(info.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_error_messages():
+    msg = _one_line_value_error("unknown env id 'NoSuchEnv-v0'", "NoSuchEnv-v0", 2)
+    for env_id in BUILTIN:
+        assert env_id in msg
+    for bad in (0, -1, 2.5, True, "8"):
+        _one_line_value_error("num_envs must be a positive int", "CartPole-v1", bad)
+    msg = _one_line_value_error("backend must be one of", "CartPole-v1", 2, backend="jax")
+    assert "auto, torch, gym" in msg
+    msg = _one_line_value_error("backend 'torch' runs only", "MountainCar-v0", 2, backend="torch")
+    assert all(env_id in msg for env_id in BUILTIN)
+    _one_line_value_error(
+        "needs backend 'torch'", "CartPole-v1", 2, backend="gym", dtype=torch.float64
+    )
+    _one_line_value_error("dtype must be", "CartPole-v1", 2, dtype=torch.float16)
+
+
+def test_missing_dependency_is_a_value_error(monkeypatch):
+    """A registered id whose simulator is not installed (MuJoCo here) gets a one-line
+    ValueError naming the extra, not gymnasium's exception type."""
+    import tdppo.envs.make as make_mod
+
+    def no_mujoco(*args, **kwargs):
+        raise gymnasium.error.DependencyNotInstalled(
+            'MuJoCo is not installed, run `pip install "gymnasium[mujoco]"`'
+        )
+
+    monkeypatch.setattr(make_mod, "_GymEnv", no_mujoco)
+    msg = _one_line_value_error("backend 'gym' cannot run 'HalfCheetah-v5'", "HalfCheetah-v5", 2)
+    assert "tdppo[mujoco]" in msg
+
+
+def test_gym_backend_for_any_id_and_for_builtin_ids():
+    """A non-built-in id runs through TorchRL's GymEnv; a built-in one can be asked for with
+    backend "gym", and its specs then match the torch env's."""
+    env = make_env("MountainCar-v0", 2, seed=0)
+    try:
+        assert isinstance(env.base_env, GymEnv)
+        assert [type(t) for t in env.transform] == [
+            RewardSum,
+            RunningObservationNorm,
+            RunningRewardNorm,
+        ]
+        assert env.action_spec.dtype == torch.int64 and env.action_spec.shape == (2,)
+        check_env_specs(env, seed=0)
+    finally:
+        env.close()
+    g = make_env(
+        "CartPole-v1", 2, backend="gym", seed=0, normalize_obs=False, normalize_reward=False
+    )
+    t = make_env("CartPole-v1", 2, seed=0, normalize_obs=False, normalize_reward=False)
+    try:
+        assert isinstance(g.base_env, GymEnv)
+        for key in ("observation",):
+            gs, ts = g.observation_spec[key], t.observation_spec[key]
+            assert gs.shape == ts.shape and gs.dtype == ts.dtype
+            torch.testing.assert_close(gs.space.low, ts.space.low)
+            torch.testing.assert_close(gs.space.high, ts.space.high)
+        assert g.action_spec.shape == t.action_spec.shape
+        assert g.action_spec.dtype == t.action_spec.dtype == torch.int64
+        assert g.action_spec.space.n == t.action_spec.space.n
+        assert g.reward_spec.shape == t.reward_spec.shape
+        assert set(g.done_keys) == set(t.done_keys)
+        # partial resets: every transition is a real CartPole step (reward 1; no leftover
+        # autoreset step of gymnasium's vector env), and each episode restarts from a state
+        # in gymnasium's reset range
+        for env in (g, t):
+            r = env.rollout(120, break_when_any_done=False)
+            done = r["next", "done"][..., 0]
+            assert done.any() and not done.all(0).any()
+            assert (r["next", "reward"] == 1).all()
+            obs, nxt = r["observation"], r["next", "observation"]
+            assert ((nxt[:, :-1] == obs[:, 1:]).all(-1) | done[:, :-1]).all()
+            assert obs[:, 1:][done[:, :-1]].abs().max() <= 0.05
+    finally:
+        g.close()
