@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Config": "tdppo.config",
-    "train": "tdppo.train",
+    "train": "tdppo.trainer",
     "make_env": "tdppo.envs",
     "load_checkpoint": "tdppo.checkpoint",
     "load_policy": "tdppo.policy",

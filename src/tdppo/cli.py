@@ -34,7 +34,7 @@ def _train(argv: list[str]) -> int:
     known, _ = pre.parse_known_args(argv)
     default = Config.for_env(known.env)
     cfg = tyro.cli(Config, args=argv, default=default, prog="tdppo train")
-    from tdppo.train import train
+    from tdppo.trainer import train
 
     train(cfg)
     return 0

@@ -55,7 +55,7 @@ def load_policy(
 ) -> DeployedPolicy:
     """Load the policy of the checkpoint at ``path`` (a run dir or one checkpoint dir)."""
     from tdppo.checkpoint import load_checkpoint
-    from tdppo.train import build_components
+    from tdppo.trainer import build_components
     from tdppo.transforms import RunningObservationNorm
 
     device = torch.device(device) if device is not None else torch.device("cpu")

@@ -110,10 +110,11 @@ class FusedCollector:
         new_tstate = tstate.copy()
         # the transform stack, in pipeline order: step values first, then the reset rows
         for i, kind, t in self.plan:
-            ts = tstate["transforms", i]
-            if kind == "sum":
+            if kind == "sum":  # RewardSum: no buffers, its running sum lives in the carry
                 ep_ret = ep_ret + reward
-            elif kind == "obs":
+                continue
+            ts = tstate["transforms", i]
+            if kind == "obs":
                 ts, next_obs = obs_norm_step(
                     ts, next_obs, None, eps=t.eps, clip=t.clip, update=True
                 )

@@ -31,7 +31,15 @@ from torchrl.envs import TransformedEnv
 
 from tdppo import random as trand
 
-__all__ = ["STREAMS", "EXACT_KEYS", "build_state", "json_tensor", "tensor_json", "write_back"]
+__all__ = [
+    "STREAMS",
+    "EXACT_KEYS",
+    "build_state",
+    "env_carry",
+    "json_tensor",
+    "tensor_json",
+    "write_back",
+]
 
 # Independent random streams derived from the root key.
 STREAMS = {"policy": 1, "minibatch": 2}
@@ -76,9 +84,7 @@ def build_state(
             "value": TensorDict.from_module(critic).data,
             "optimizer": opt_state,
             "transforms": TensorDict.from_module(env.transform),
-            "env": carry.copy().set("module", env_module)
-            if not env_module.is_empty()
-            else carry.copy(),
+            "env": _env_subtree(carry, env_module),
             "rng": {"key": trand.key(seed, device=device)},
             "counters": {
                 "frames": zero.clone(),
@@ -91,6 +97,19 @@ def build_state(
         batch_size=[],
     )
     return state
+
+
+def _env_subtree(carry: TensorDict, env_module: TensorDict) -> TensorDict:
+    """The env's root TensorDict (batch ``[num_envs]``) plus the base env's buffers."""
+    env = TensorDict(dict(carry.items()), batch_size=[])
+    if not env_module.is_empty():
+        env["module"] = env_module
+    return env
+
+
+def env_carry(state: TensorDict, batch_size) -> TensorDict:
+    """The rollout carry: ``state["env"]`` without the module buffers, batch ``[num_envs]``."""
+    return TensorDict(dict(state["env"].exclude("module").items()), batch_size=batch_size)
 
 
 def write_back(dest: TensorDict, src: TensorDict) -> None:

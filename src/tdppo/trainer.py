@@ -27,7 +27,7 @@ from tdppo.envs import make_env
 from tdppo.metrics import MetricsLog, Progress
 from tdppo.optim import adam_init
 from tdppo.rollout import FusedCollector, make_collector
-from tdppo.state import STREAMS, build_state, tensor_json, write_back
+from tdppo.state import STREAMS, build_state, env_carry, tensor_json, write_back
 
 __all__ = ["train", "resolve_device", "set_threads", "build_components"]
 
@@ -218,14 +218,14 @@ def train(config: Config | None = None, **overrides) -> TensorDict:
         c = state["counters"]
         # COLLECT: T vector steps, no host sync
         with torch.no_grad():
+            env_td = env_carry(state, env.batch_size)
             new_carry, new_t, batch = collector.collect(
-                state["env"].exclude("module"),
+                env_td,
                 state["transforms"],
                 state["policy"],
                 c["steps"],
                 cfg.num_steps,
             )
-            env_td = state["env"].exclude("module")
             write_back(env_td, new_carry.select(*env_td.keys()))
             write_back(state["transforms"], new_t)
             # VALUES and GAE (value of the final, pre-reset observation bootstraps truncation)
