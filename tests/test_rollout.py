@@ -59,10 +59,18 @@ KEYS = [
 ]
 
 
+# long enough to cross each env's time limit (or, for CartPole, many terminations)
+STEPS = {
+    "Pendulum-v1": 260,
+    "CartPole-v1": 200,
+    "Acrobot-v1": 520,
+    "MountainCarContinuous-v0": 1010,
+}
+
+
 @pytest.mark.parametrize("env_id", ENVS)
 def test_fused_equals_transformed_env(env_id):
-    # long enough to cross Pendulum's 200-step truncation and CartPole/Acrobot terminations
-    steps = 260
+    steps = STEPS[env_id]
     c1, t1, b1 = _run(FusedCollector, env_id, 5, steps)
     c2, t2, b2 = _run(GenericCollector, env_id, 5, steps)
     assert b1["next", "done"].any(), "the test must cross episode ends"

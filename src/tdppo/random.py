@@ -52,7 +52,7 @@ def key(seed: int | torch.Tensor, device: torch.device | str | None = None) -> t
 
 
 def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
-    """A new key from ``k`` and an integer (or int tensor, broadcast), like ``jax.random.fold_in``."""
+    """A new key from ``k`` and an integer or int tensor (broadcast); ``jax.random.fold_in``."""
     d = _as_i64(data, k.device)
     lo = d & _MASK32
     hi = (d >> 32) & _MASK32
