@@ -21,7 +21,7 @@ _LAZY = {
     "make_env": "tdppo.envs",
     "load_checkpoint": "tdppo.checkpoint",
     "load_policy": "tdppo.policy",
-    "evaluate": "tdppo.evaluate",
+    "evaluate": "tdppo.evaluation",
 }
 
 __all__ = ["__version__", *_LAZY]

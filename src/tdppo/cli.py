@@ -48,7 +48,7 @@ def _eval(argv: list[str]) -> int:
     p.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
     p.add_argument("--device", default="cpu", help="device to run on (default cpu)")
     a = p.parse_args(argv)
-    from tdppo.evaluate import evaluate
+    from tdppo.evaluation import evaluate
 
     res = evaluate(
         a.path, episodes=a.episodes, seed=a.seed, deterministic=not a.stochastic, device=a.device

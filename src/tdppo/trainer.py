@@ -292,7 +292,7 @@ def train(config: Config | None = None, **overrides) -> TensorDict:
     log.close()
     _say(cfg, f"tdppo: run in {run_dir}, checkpoint {path}")
     if cfg.eval_episodes and not cfg.quiet:
-        from tdppo.evaluate import evaluate
+        from tdppo.evaluation import evaluate
 
         res = evaluate(run_dir, episodes=cfg.eval_episodes, seed=cfg.seed + 10_000)
         _say(
