@@ -11,9 +11,8 @@ THREADS ?= 1
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,bench]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -21,8 +20,9 @@ install: $(VENV)/.installed
 run: install
 	$(VENV)/bin/tdppo train --threads $(THREADS)
 
+# Two pytest workers (one per core), one torch thread each.
 test: install
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -33,7 +33,6 @@ format: install
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 
 bench: install
-	$(PY) -m pip install --quiet -e ".[test,bench]"
 	$(PY) -m benchmarks all --quick
 
 clean:
