@@ -35,6 +35,8 @@ class Settings:
     epochs: int = 10
     minibatches: int = 8
     eval_episodes: int = 10
+    compile: bool = True
+    """False: the tdppo row runs eager (``--smoke``)."""
     note: str = ""
 
 
@@ -56,7 +58,9 @@ MODES: dict[str, Settings] = {
         epochs=2,
         minibatches=2,
         eval_episodes=1,
-        note="--smoke: a pipeline check, not a measurement (2 epochs x 2 minibatches, 1 seed).",
+        compile=False,
+        note="--smoke: a pipeline check, not a measurement (2 epochs x 2 minibatches, 1 seed, "
+        "tdppo eager).",
     ),
 }
 
@@ -111,22 +115,21 @@ def run(
     log("machine: " + ", ".join(f"{k}={v}" for k, v in facts.items()))
 
     results: dict[str, dict[str, list[dict]]] = {}
+    eager = not s.compile
     for env_id, env_frames in s.frames.items():
         log(f"== learning on {env_id}, {env_frames} frames, {s.seeds} seeds")
+        kw = dict(
+            env_id=env_id,
+            frames=env_frames,
+            num_envs=s.num_envs,
+            num_steps=s.num_steps,
+            epochs=s.epochs,
+            minibatches=s.minibatches,
+            threads=threads,
+            eval_episodes=s.eval_episodes,
+        )
         rows = {
-            name: (
-                lambda seed, name=name, env_id=env_id, env_frames=env_frames: runner(name)(
-                    env_id=env_id,
-                    frames=env_frames,
-                    seed=seed,
-                    num_envs=s.num_envs,
-                    num_steps=s.num_steps,
-                    epochs=s.epochs,
-                    minibatches=s.minibatches,
-                    threads=threads,
-                    eval_episodes=s.eval_episodes,
-                )
-            )
+            name: (lambda seed, name=name, kw=kw: runner(name, eager=eager)(seed=seed, **kw))
             for name in LEARNING
         }
         results[env_id] = interleaved(rows, s.seeds, log)

@@ -7,6 +7,7 @@ missing one becomes :class:`~benchmarks.common.Unavailable`, reported in its row
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,22 +89,33 @@ def module(system: System):
         raise Unavailable(f"{system.name}: cannot import ({type(e).__name__}: {e})") from e
 
 
-def runner(name: str, **fixed: Any) -> Callable[..., dict]:
-    """``f(**kw) -> dict`` calling ``run`` of system ``name`` with ``fixed``, its extras, ``kw``."""
+def _extras(system: System, eager: bool) -> dict[str, Any]:
+    extras = dict(system.kwargs)
+    if eager and "compile" in extras:
+        extras["compile"] = False
+    return extras
+
+
+def runner(name: str, eager: bool = False, **fixed: Any) -> Callable[..., dict]:
+    """``f(**kw) -> dict`` calling ``run`` of system ``name`` with ``fixed``, its extras, ``kw``.
+
+    ``eager=True`` runs a compiled row without ``torch.compile`` (``--smoke``: compilation
+    takes minutes on this CPU)."""
     system = SYSTEMS[name]
 
     def call(**kw: Any) -> dict:
-        return module(system).run(**{**fixed, **system.kwargs, **kw})
+        return module(system).run(**{**fixed, **_extras(system, eager), **kw})
 
     return call
 
 
-def ceiling(name: str, which: str, **kw: Any) -> dict:
+def ceiling(name: str, which: str, eager: bool = False, **kw: Any) -> dict:
     """``env_only`` or ``update_only`` of system ``name``; :class:`Unavailable` if it has none."""
     system = SYSTEMS[name]
     fn = getattr(module(system), which, None)
     if fn is None:
         hint = " (see the update_speed benchmark)" if which == "update_only" else ""
         raise Unavailable(f"{name}: no {which} measurement through its public API{hint}")
-    extra = {"backend": system.kwargs["backend"]} if "backend" in system.kwargs else {}
+    accepted = inspect.signature(fn).parameters
+    extra = {k: v for k, v in _extras(system, eager).items() if k in accepted}
     return fn(**kw, **extra)

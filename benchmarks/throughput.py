@@ -45,6 +45,8 @@ class Settings:
     """Iterations per sweep point (the first is excluded from the steady SPS)."""
     sweep_repeats: int = 3
     sweep_system: str = "tdppo torch compiled"
+    compile: bool = True
+    """False: tdppo's compiled rows run eager (``--smoke``)."""
     note: str = ""
 
 
@@ -57,12 +59,12 @@ MODES: dict[str, Settings] = {
         ceiling_repeats=1,
         ceiling_frames=2048,
         ceiling_iters=1,
-        sweep=(8, 128, 1024, 4096),
+        sweep=(8, 1024),
         sweep_batches=3,
         sweep_repeats=1,
         note="--quick (2-minute budget): 2 iterations per run (the steady SPS is the second); "
         "3 repeats on Pendulum-v1 but only 1 on CartPole-v1; ceilings on Pendulum-v1 only, 1 "
-        "repeat; num_envs sweep with 1 repeat per point.",
+        "repeat; num_envs sweep at 8 and 1024 only (each size recompiles), 1 repeat.",
     ),
     "smoke": Settings(
         repeats={"Pendulum-v1": 1},
@@ -74,11 +76,12 @@ MODES: dict[str, Settings] = {
         ceiling_repeats=1,
         ceiling_frames=512,
         ceiling_iters=1,
+        compile=False,
         sweep=(8, 64),
         sweep_batches=2,
         sweep_repeats=1,
         note="--smoke: a pipeline check, not a measurement (64-step rollouts, 2 epochs x 2 "
-        "minibatches, 1 repeat).",
+        "minibatches, 1 repeat, tdppo's 'compiled' rows run eager).",
     ),
 }
 
@@ -97,12 +100,13 @@ def sweep_steps(num_envs: int) -> int:
 
 
 def _training(s: Settings, threads: int, log: Callable[[str], None]) -> list[dict]:
+    eager = not s.compile
     runs = []
     for env_id, repeats in s.repeats.items():
         log(f"== training throughput on {env_id}")
         rows = {
             name: (
-                lambda r, name=name, env_id=env_id: runner(name)(
+                lambda r, name=name, env_id=env_id: runner(name, eager=eager)(
                     env_id=env_id,
                     frames=s.frames,
                     seed=r,
@@ -157,6 +161,7 @@ def summarize(runs: list[dict]) -> list[dict]:
 
 
 def _ceilings(s: Settings, threads: int, summary: list[dict], log) -> list[dict]:
+    eager = not s.compile
     out = []
     for env_id in s.ceiling_envs:
         log(f"== ceilings on {env_id}")
@@ -165,6 +170,7 @@ def _ceilings(s: Settings, threads: int, summary: list[dict], log) -> list[dict]
             rows[f"{name}|env"] = lambda r, name=name, env_id=env_id: ceiling(
                 name,
                 "env_only",
+                eager=eager,
                 env_id=env_id,
                 frames=s.ceiling_frames,
                 num_envs=s.num_envs,
@@ -173,6 +179,7 @@ def _ceilings(s: Settings, threads: int, summary: list[dict], log) -> list[dict]
             rows[f"{name}|update"] = lambda r, name=name, env_id=env_id: ceiling(
                 name,
                 "update_only",
+                eager=eager,
                 env_id=env_id,
                 num_envs=s.num_envs,
                 num_steps=s.num_steps,
@@ -209,11 +216,12 @@ def _ceilings(s: Settings, threads: int, summary: list[dict], log) -> list[dict]
 
 
 def _sweep(s: Settings, threads: int, log) -> list[dict]:
+    eager = not s.compile
     log(f"== num_envs sweep ({s.sweep_system}, Pendulum-v1)")
     rows: dict[str, Callable[[int], dict]] = {}
     for n in s.sweep:
         steps = sweep_steps(n) if s.num_steps == 256 else s.num_steps
-        rows[f"{n}|train"] = lambda r, n=n, steps=steps: runner(s.sweep_system)(
+        rows[f"{n}|train"] = lambda r, n=n, steps=steps: runner(s.sweep_system, eager=eager)(
             env_id="Pendulum-v1",
             frames=s.sweep_batches * n * steps,
             seed=r,
@@ -227,6 +235,7 @@ def _sweep(s: Settings, threads: int, log) -> list[dict]:
         rows[f"{n}|env"] = lambda r, n=n, steps=steps: ceiling(
             s.sweep_system,
             "env_only",
+            eager=eager,
             env_id="Pendulum-v1",
             frames=max(n * 8, min(n * steps, 65536)),
             num_envs=n,

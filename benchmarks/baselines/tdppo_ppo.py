@@ -195,3 +195,44 @@ def env_only(env_id: str, frames: int, num_envs: int = 8, threads: int = 1, back
     wall = time.perf_counter() - t0
     env.close()
     return {"sps": steps * num_envs / wall, "frames": steps * num_envs, "wall_s": wall}
+
+
+def update_only(
+    env_id: str,
+    num_envs: int = 8,
+    num_steps: int = 256,
+    epochs: int = 10,
+    minibatches: int = 8,
+    threads: int = 1,
+    iters: int = 2,
+    compile: bool = True,
+) -> dict:
+    """Update-only ceiling: ``tdppo.ppo.make_update`` on the ``update_speed`` benchmark's
+    synthetic batch (its workload builder; Box actions only), first call (compilation) excluded.
+    """
+    import gymnasium as gym
+    import torch
+
+    try:
+        from benchmarks import update_speed
+        from tdppo import ppo
+
+        workload, time_update = update_speed._workload, update_speed._time_update
+    except (ImportError, AttributeError) as e:
+        raise Unavailable(f"tdppo update-only needs benchmarks/update_speed.py ({e})") from e
+    space = gym.make(env_id)
+    obs_space, act_space = space.observation_space, space.action_space
+    space.close()
+    if not isinstance(act_space, gym.spaces.Box):
+        raise Unavailable("tdppo update-only: update_speed's workload has Box actions only")
+    torch.set_num_threads(threads)
+    n = num_envs * num_steps
+    actor, critic, params, opt_state, data, hp = workload(
+        n, int(np.prod(obs_space.shape)), int(np.prod(act_space.shape))
+    )
+    update = ppo.make_update(
+        actor, critic, epochs=epochs, minibatches=minibatches, clip_vloss=False, compile=compile
+    )
+    _first, times = time_update(update, params, opt_state, data, hp, iters)
+    wall = float(np.median(times))
+    return {"fps": n / wall, "frames": n * iters, "wall_s": float(np.sum(times))}
