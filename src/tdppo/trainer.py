@@ -214,6 +214,7 @@ def train(config: Config | None = None, **overrides) -> TensorDict:
     frames_start = int(state["counters", "frames"])
     last_saved = frames_start if saved is not None else -1
     it = int(state["counters", "updates"])
+    nonfinite0 = _nonfinite(state)
     while it < total_iters:
         c = state["counters"]
         # COLLECT: T vector steps, no host sync
@@ -228,6 +229,7 @@ def train(config: Config | None = None, **overrides) -> TensorDict:
             )
             write_back(env_td, new_carry.select(*env_td.keys()))
             write_back(state["transforms"], new_t)
+            _check_finite(state, batch, nonfinite0)
             # VALUES and GAE (value of the final, pre-reset observation bootstraps truncation)
             value = nets.value(critic, state["value"], batch["observation"])
             next_value = nets.value(critic, state["value"], batch["next", "observation"])
@@ -252,6 +254,13 @@ def train(config: Config | None = None, **overrides) -> TensorDict:
         new_params, new_opt, metrics = update(
             params, state["optimizer"], flat, trand.fold_in(perm_key, c["updates"]), hp
         )
+        if not bool(
+            torch.stack([torch.isfinite(v).all() for v in new_params.values(True, True)]).all()
+        ):
+            raise ValueError(
+                f"the update produced non-finite parameters after {int(c['frames'])} frames "
+                "(diverged); the last checkpoint is intact and nothing was saved"
+            )
         write_back(params, new_params)
         write_back(state["optimizer"], new_opt)
         done = batch["next", "done"]
@@ -300,6 +309,30 @@ def train(config: Config | None = None, **overrides) -> TensorDict:
             f"tdppo: eval mean return over {res['episodes']} episodes: {res['mean_return']:.1f}",
         )
     return state
+
+
+def _nonfinite(state: TensorDict) -> int:
+    """Batches the normalizers skipped because they held NaN/inf (their ``nonfinite`` buffers)."""
+    leaves = state["transforms"].flatten_keys("/")
+    return sum(int(v) for k, v in leaves.items() if k.endswith("nonfinite"))
+
+
+def _check_finite(state: TensorDict, batch: TensorDict, before: int) -> None:
+    """Stop before a non-finite rollout reaches the update or a checkpoint (one sync/update).
+
+    The fused collector cannot raise inside compiled code: its normalizers skip a non-finite
+    batch (statistics untouched) and count it; this is where that count is read.
+    """
+    frames = int(state["counters", "frames"])
+    finite = (
+        torch.isfinite(batch["next", "reward"]).all()
+        & torch.isfinite(batch["next", "observation"]).all()
+    )
+    if _nonfinite(state) != before or not bool(finite):
+        raise ValueError(
+            f"non-finite observation or reward in the rollout after {frames} frames; the "
+            "normalizer statistics were left untouched and no checkpoint was written"
+        )
 
 
 def _save(state: TensorDict, run_dir: Path, cfg: Config) -> Path:

@@ -62,23 +62,27 @@ def _check_args(env_id: str, num_envs: int, backend: str, dtype: torch.dtype) ->
 
 
 class _GymEnv(GymEnv):
-    """TorchRL's ``GymEnv`` over gymnasium's ``AsyncVectorEnv`` in ``AutoresetMode.DISABLED``.
+    """TorchRL's ``GymEnv`` over gymnasium's ``SyncVectorEnv`` in ``AutoresetMode.DISABLED``.
 
-    With gymnasium's default next-step autoreset, TorchRL 0.14.1's ``GymEnv(num_envs=...)``
-    emits, after every *partial* done, one spurious transition (gymnasium's reset step: the
-    action ignored, reward 0). With autoreset disabled, TorchRL resets exactly the done envs
-    through gymnasium's ``reset_mask`` (the mode TorchRL's ``GymWrapper`` prefers).
+    - Sync, not TorchRL's default ``AsyncVectorEnv``: for cheap simulators one process stepping
+      every env beats one subprocess per env exchanging pickles (and on a 2-core machine the
+      subprocesses only compete); it is also what CleanRL and SB3's ``DummyVecEnv`` do.
+    - Autoreset disabled: with gymnasium's default next-step autoreset, TorchRL 0.14.1's
+      ``GymEnv(num_envs=...)`` emits, after every *partial* done, one spurious transition
+      (gymnasium's reset step: the action ignored, reward 0). Disabled, TorchRL resets exactly
+      the done envs through gymnasium's ``reset_mask`` (the mode TorchRL's wrapper prefers).
     """
 
-    def _async_env(self, *args, **kwargs):
+    def _async_env(self, env_fns, *args, **kwargs):
         import gymnasium
 
-        kwargs.setdefault("autoreset_mode", gymnasium.vector.AutoresetMode.DISABLED)
-        return super()._async_env(*args, **kwargs)
+        return gymnasium.vector.SyncVectorEnv(
+            env_fns, autoreset_mode=gymnasium.vector.AutoresetMode.DISABLED
+        )
 
 
 def _gym_env(env_id: str, num_envs: int, device: torch.device | str | None) -> EnvBase:
-    """TorchRL's ``GymEnv`` over gymnasium's vectorized env (one subprocess per env)."""
+    """TorchRL's ``GymEnv`` over gymnasium's ``SyncVectorEnv``."""
     import gymnasium
 
     try:
