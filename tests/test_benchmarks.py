@@ -152,6 +152,36 @@ def test_learning_curves_align_and_fill_gaps():
     np.testing.assert_array_equal(ret[1], [1.0, 1.0, 2.0])
 
 
+def test_throughput_summary_medians_and_ratios():
+    # hand-worked: medians of 3 repeats, ratio to the CleanRL-style median; a failed row keeps
+    # its error and NaN numbers
+    runs = [
+        {"env": "E", "system": "CleanRL-style", "sps": s, "sps_total": s, "frames": 8, "error": ""}
+        for s in (100.0, 300.0, 200.0)
+    ] + [
+        {"env": "E", "system": "SB3", "sps": s, "sps_total": s, "frames": 8, "error": ""}
+        for s in (500.0, 400.0, 600.0)
+    ]
+    runs.append({"env": "E", "system": "tdppo torch eager", "error": "missing"})
+    rows = {r["system"]: r for r in throughput.summarize(runs)}
+    assert rows["CleanRL-style"]["sps"] == 200.0 and rows["CleanRL-style"]["x_cleanrl"] == 1.0
+    assert rows["SB3"]["sps"] == 500.0 and rows["SB3"]["x_cleanrl"] == 2.5
+    assert (rows["SB3"]["sps_min"], rows["SB3"]["sps_max"]) == (400.0, 600.0)
+    assert rows["tdppo torch eager"]["error"] == "missing"
+    assert math.isnan(rows["tdppo torch eager"]["sps"])
+
+
+def test_modes_use_whole_batches():
+    for s in throughput.MODES.values():
+        assert s.frames % (s.num_envs * s.num_steps) == 0
+        assert (s.num_envs * s.num_steps) % s.minibatches == 0
+    for s in learning.MODES.values():
+        assert all(f % (s.num_envs * s.num_steps) == 0 for f in s.frames.values())
+    assert learning.MODES["default"].seeds >= 3
+    assert set(learning.MODES["full"].frames) >= {"Pendulum-v1", "CartPole-v1", "Acrobot-v1"}
+    assert "HalfCheetah-v5" in learning.MODES["full"].frames
+
+
 def test_sweep_keeps_batches_sane():
     for n in (8, 32, 128, 512, 1024, 2048, 4096):
         steps = throughput.sweep_steps(n)

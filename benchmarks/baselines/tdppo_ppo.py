@@ -173,22 +173,42 @@ def run(
     }
 
 
-def env_only(env_id: str, frames: int, num_envs: int = 8, threads: int = 1, backend: str = "torch"):
-    """Env-only ceiling: ``tdppo.make_env`` (normalisers on) stepped with random actions."""
-    try:
-        import tdppo
+def env_only(
+    env_id: str,
+    frames: int,
+    num_envs: int = 8,
+    threads: int = 1,
+    backend: str = "torch",
+    compile: bool = True,
+) -> dict:
+    """Env-only ceiling of tdppo's collection path, random actions.
 
-        make_env = tdppo.make_env
-    except (ImportError, AttributeError) as e:
-        raise Unavailable(f"tdppo.make_env not available yet ({type(e).__name__}: {e})") from e
+    backend "torch": the pure batched step (``tdppo.envs.autoreset_step`` with counter-RNG
+    actions, compiled as in training), built by the ``env_throughput`` benchmark's
+    ``build_pure`` (which resets dynamo's caches: call it after compiled training rows).
+    backend "gym": ``tdppo.make_env(..., backend="gym")`` (normalisers on) rolled out.
+    """
     import torch
 
     torch.set_num_threads(threads)
-    try:
-        env = make_env(env_id, num_envs, device="cpu", backend=backend, seed=0)
-    except NotImplementedError as e:
-        raise Unavailable(f"tdppo.make_env not available yet (NotImplementedError: {e})") from e
     steps = max(2, frames // num_envs)
+    if backend == "torch":
+        try:
+            from benchmarks.env_throughput import build_pure
+        except ImportError as e:
+            raise Unavailable(f"tdppo env-only needs benchmarks/env_throughput.py ({e})") from e
+        step = build_pure(env_id, num_envs, compile)  # compiled and warmed up
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall = time.perf_counter() - t0
+        return {"sps": steps * num_envs / wall, "frames": steps * num_envs, "wall_s": wall}
+    try:
+        import tdppo
+
+        env = tdppo.make_env(env_id, num_envs, device="cpu", backend=backend, seed=0)
+    except (ImportError, AttributeError, NotImplementedError) as e:
+        raise Unavailable(f"tdppo.make_env not available yet ({type(e).__name__}: {e})") from e
     env.rollout(4, break_when_any_done=False)  # warm-up
     t0 = time.perf_counter()
     env.rollout(steps, break_when_any_done=False)
