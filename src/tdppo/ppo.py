@@ -249,6 +249,7 @@ def make_update(
     clip_vloss: bool = True,
     norm_adv: bool = True,
     compile: bool = True,
+    mode: str | None = None,
 ) -> Update:
     """Build ``update(params, opt_state, batch, key, hp) -> (params, opt_state, metrics)``.
 
@@ -257,7 +258,8 @@ def make_update(
     are shuffled by ``tdppo.random.permutation(fold_in(key, e), B)`` (``key``: a 0-d
     :mod:`tdppo.random` key) and cut into ``minibatches`` equal slices; each slice is one
     :func:`make_minibatch_step` step, compiled with ``torch.compile`` when ``compile`` (the same
-    functions run eagerly otherwise). ``hp``: 0-d tensors ``clip_eps``, ``vf_coef``,
+    functions run eagerly otherwise; ``mode`` is passed to ``torch.compile``, e.g.
+    ``"reduce-overhead"`` for CUDA graphs). ``hp``: 0-d tensors ``clip_eps``, ``vf_coef``,
     ``ent_coef``, ``lr``, ``max_grad_norm`` (new values never recompile).
 
     Inputs are not modified: the returned ``params`` / ``opt_state`` are new tensors in the
@@ -267,7 +269,7 @@ def make_update(
     """
     step = make_minibatch_step(actor, critic, clip_vloss=clip_vloss, norm_adv=norm_adv)
     if compile:
-        step = torch.compile(step, fullgraph=True, dynamic=False)
+        step = torch.compile(step, fullgraph=True, dynamic=False, mode=mode)
 
     def update(params, opt_state, batch, key, hp):
         size = batch.batch_size[0]

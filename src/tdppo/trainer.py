@@ -126,6 +126,8 @@ def train(config: Config | None = None, **overrides) -> TensorDict:
     cfg = (config or Config()).__class__(**{**(config or Config()).__dict__, **overrides})
     cfg = cfg.validate()
     device = resolve_device(cfg.device)
+    if cfg.cudagraphs and (device.type != "cuda" or not cfg.compile):
+        raise ValueError("--cudagraphs needs a CUDA device and --compile")
     set_threads(cfg.threads, device)
     if cfg.resume and not cfg.run_dir:
         raise ValueError("--resume needs --run-dir (the run to continue)")
@@ -183,6 +185,7 @@ def train(config: Config | None = None, **overrides) -> TensorDict:
         clip_vloss=cfg.clip_vloss,
         norm_adv=cfg.norm_adv,
         compile=cfg.compile,
+        mode="reduce-overhead" if cfg.cudagraphs else None,
     )
     hp = _hp(cfg, device)
     perm_key = trand.fold_in(state["rng", "key"], STREAMS["minibatch"])
