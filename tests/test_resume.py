@@ -101,3 +101,17 @@ def test_state_layout_and_views(tmp_path):
         assert s["counters", name].dtype == torch.int64
     assert int(s["counters", "frames"]) == 128
     assert s["env", "state"].shape == (4, 2)
+
+
+def test_gym_backend_resume_restarts_episodes_and_says_so(tmp_path, capsys):
+    kw = dict(backend="gym", compile=False)
+    train(_cfg("CartPole-v1", tmp_path, 128, **kw))
+    saved = load_checkpoint(tmp_path)
+    s = train(_cfg("CartPole-v1", tmp_path, 256, resume=True, **kw))
+    assert "starts new episodes" in capsys.readouterr().err
+    assert int(s["meta", "resume_reset_episodes"]) == 1
+    # statistics continue from the checkpoint (frozen during the restart's reset)
+    leaves = saved["transforms"].flatten_keys("/")
+    count_key = next(k for k in leaves.keys() if k.endswith("count"))
+    assert float(s["transforms"].flatten_keys("/")[count_key]) > float(leaves[count_key])
+    assert int(s["counters", "frames"]) == 256

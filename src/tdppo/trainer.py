@@ -199,6 +199,8 @@ def train(config: Config | None = None, **overrides) -> TensorDict:
         write_back(state.exclude("meta"), saved.exclude("meta"))
         state["meta"] = saved["meta"]
         frames_at = int(state["counters", "frames"])
+        if not isinstance(collector, FusedCollector):
+            _restart_episodes(env, state, cfg, frames_at)
         log.truncate_after(frames_at)
         if skipped:
             log.note(
@@ -312,6 +314,32 @@ def train(config: Config | None = None, **overrides) -> TensorDict:
             f"tdppo: eval mean return over {res['episodes']} episodes: {res['mean_return']:.1f}",
         )
     return state
+
+
+def _restart_episodes(env, state: TensorDict, cfg: Config, frames: int) -> None:
+    """Gym backend: the simulator's internal state is not in the checkpoint, so a resumed run
+    starts new episodes (statistics frozen during that reset: they stay the checkpoint's).
+    Said on stderr and recorded in ``meta`` (``resume_reset_episodes``): not bit-exact."""
+    print(
+        f"tdppo: warning: backend 'gym' does not capture the simulator's state; the resumed "
+        f"run starts new episodes at {frames} frames (exact resume needs a built-in env)",
+        file=sys.stderr,
+        flush=True,
+    )
+    norms = [
+        t for t in getattr(env.transform, "transforms", [env.transform]) if hasattr(t, "freeze")
+    ]
+    was = [bool(t.frozen) for t in norms]
+    for t in norms:
+        t.freeze()
+    carry = env.reset()
+    for t, f in zip(norms, was):
+        if not f:
+            t.unfreeze()
+    env_td = env_carry(state, env.batch_size)
+    write_back(env_td, carry.select(*env_td.keys()))
+    prev = state["meta"].get("resume_reset_episodes", torch.zeros((), dtype=torch.int64))
+    state["meta", "resume_reset_episodes"] = prev + 1
 
 
 def _nonfinite(state: TensorDict) -> int:
