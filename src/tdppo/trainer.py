@@ -11,6 +11,7 @@ the state. Read top to bottom::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -27,7 +28,7 @@ from tdppo.envs import make_env
 from tdppo.metrics import MetricsLog, Progress
 from tdppo.optim import adam_init
 from tdppo.rollout import FusedCollector, make_collector
-from tdppo.state import STREAMS, build_state, env_carry, tensor_json, write_back
+from tdppo.state import STREAMS, build_state, env_carry, write_back
 
 __all__ = ["train", "resolve_device", "set_threads", "build_components"]
 
@@ -123,8 +124,7 @@ def train(config: Config | None = None, **overrides) -> TensorDict:
     result is bit-for-bit the run that was never interrupted.
     """
     # -- SETUP -----------------------------------------------------------------------------------
-    cfg = (config or Config()).__class__(**{**(config or Config()).__dict__, **overrides})
-    cfg = cfg.validate()
+    cfg = dataclasses.replace(config or Config(), **overrides).validate()
     device = resolve_device(cfg.device)
     if cfg.cudagraphs and (device.type != "cuda" or not cfg.compile):
         raise ValueError("--cudagraphs needs a CUDA device and --compile")
@@ -145,8 +145,7 @@ def train(config: Config | None = None, **overrides) -> TensorDict:
         for bad, why in skipped:  # said even with --quiet: the user must know
             print(f"tdppo: skipping damaged checkpoint {bad}: {why}", file=sys.stderr, flush=True)
         saved = ckpt.load_checkpoint(path, device=device)
-        saved_cfg = tensor_json(saved["meta", "config_json"])
-        diff = config_diff(saved_cfg, cfg)
+        diff = config_diff(ckpt.read_manifest(path)["config"], cfg)
         if diff:
             raise ValueError(
                 f"cannot resume {run_dir} with a different config; fields that cannot change "
