@@ -180,7 +180,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         minibatches=32,
         epochs=10,
         ent_coef=0.0,
-        anneal_frames=200_000,  # lr reaches 0 at 200k frames: pass --anneal-frames 0 to train longer
+        anneal_frames=200_000,  # lr is 0 from 200k frames on: --anneal-frames 0 to train longer
     ),
     "CartPole-v1": dict(
         num_envs=8,
