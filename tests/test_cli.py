@@ -138,3 +138,17 @@ def test_damaged_latest_falls_back_and_says_so(tmp_path):
     p = tdppo("train", *SMALL, "--frames", 640, "--run-dir", tmp_path, "--resume")
     assert latest in p.stderr and "skip" in p.stderr.lower()
     assert "skipp" in (tmp_path / "metrics.csv").read_text()
+
+
+def test_population_cli_and_member_eval(tmp_path):
+    tdppo("train", *SMALL, "--frames", 128, "--run-dir", tmp_path, "--seeds", "0-1",
+          "--sweep", "lr=1e-4,3e-4")  # fmt: skip
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("member") or "member" in rows[0].split(",")
+    assert len(rows) - 1 == 4  # 2 seeds x 2 lrs, one logged update each
+    p = tdppo("eval", tmp_path, "--episodes", 2, "--member", 3)
+    assert json.loads(p.stdout.strip().splitlines()[-1])["episodes"] == 2
+    p = tdppo("eval", tmp_path, "--episodes", 2, check=False)
+    assert p.returncode == 2 and "--member" in p.stderr
+    p = tdppo("train", *SMALL, "--run-dir", tmp_path / "x", "--sweep", "hidden=1,2", check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr

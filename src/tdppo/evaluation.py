@@ -16,6 +16,7 @@ def evaluate(
     seed: int = 0,
     deterministic: bool = True,
     device: str | torch.device | None = None,
+    member: int | None = None,
 ) -> dict:
     """Mean return of ``episodes`` episodes (one per env, run in one batch).
 
@@ -23,15 +24,14 @@ def evaluate(
     policy's observation normalizer is the checkpoint's, frozen.
     """
     from tdppo import random as trand
-    from tdppo.checkpoint import load_checkpoint
     from tdppo.envs import make_env
-    from tdppo.policy import config_of, load_policy
+    from tdppo.policy import config_of, load_policy, load_state
 
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1 (got {episodes})")
     device = torch.device(device) if device is not None else torch.device("cpu")
-    policy = load_policy(path, device=device, deterministic=deterministic)
-    cfg = config_of(load_checkpoint(path, device=device))
+    policy = load_policy(path, device=device, deterministic=deterministic, member=member)
+    cfg = config_of(load_state(path, device, member))
     env = make_env(
         cfg.env, episodes, device=device, backend=cfg.backend, normalize_obs=False,
         normalize_reward=False, seed=seed,

@@ -10,7 +10,7 @@ from tensordict import TensorDict
 from tdppo.config import Config
 from tdppo.state import tensor_json
 
-__all__ = ["DeployedPolicy", "load_policy", "config_of"]
+__all__ = ["DeployedPolicy", "load_policy", "load_state", "config_of"]
 
 
 def config_of(state: TensorDict) -> Config:
@@ -50,16 +50,35 @@ class DeployedPolicy(torch.nn.Module):
         return nets.sample(dp, key)
 
 
-def load_policy(
-    path: str | Path, device: str | torch.device | None = None, deterministic: bool = True
-) -> DeployedPolicy:
-    """Load the policy of the checkpoint at ``path`` (a run dir or one checkpoint dir)."""
+def load_state(path: str | Path, device: torch.device, member: int | None = None) -> TensorDict:
+    """A checkpoint's state in the single-agent layout (member ``member`` of a population)."""
     from tdppo.checkpoint import load_checkpoint
+    from tdppo.population import is_population, member_state
+
+    state = load_checkpoint(path, device=device)
+    if is_population(state):
+        if member is None:
+            n = state["counters", "frames"].shape[0]
+            raise ValueError(f"{path} holds a population of {n} agents: pass --member 0..{n - 1}")
+        return member_state(state, member)
+    if member is not None:
+        raise ValueError(f"{path} holds a single agent; --member {member} does not apply")
+    return state
+
+
+def load_policy(
+    path: str | Path,
+    device: str | torch.device | None = None,
+    deterministic: bool = True,
+    member: int | None = None,
+) -> DeployedPolicy:
+    """Load the policy of the checkpoint at ``path`` (a run dir or one checkpoint dir);
+    ``member`` picks one agent of a population checkpoint."""
     from tdppo.trainer import build_components
     from tdppo.transforms import RunningObservationNorm
 
     device = torch.device(device) if device is not None else torch.device("cpu")
-    state = load_checkpoint(path, device=device)
+    state = load_state(path, device, member)
     cfg = config_of(state)
     env, actor, _ = build_components(
         cfg.__class__(**{**cfg.__dict__, "device": str(device)}), device
