@@ -28,8 +28,7 @@ tensor([[1.7500, 1.5000, 1.0000],
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import torch
 import torch.utils._pytree as pytree
@@ -37,9 +36,8 @@ from tensordict import TensorDict, TensorDictBase
 
 from tdppo import nets, ppo
 from tdppo import random as trand
-from tdppo.envs.base import Dynamics, autoreset_step
-from tdppo.rollout import FusedCollector
-from tdppo.transforms import obs_norm_step, reward_norm_step
+from tdppo.rollout import FusedCollector, Plan
+from tdppo.rollout import fused_step as member_step
 
 __all__ = [
     "STEP_HP",
@@ -53,8 +51,6 @@ __all__ = [
 STEP_HP = ("lr", "clip_eps", "vf_coef", "ent_coef", "max_grad_norm")
 """The float32 ``[M]`` hyperparameters the update reads."""
 
-Plan = tuple[tuple[str, str, float, float | None], ...]
-
 
 def _plan(fused: FusedCollector) -> Plan:
     """The transform plan as constants: ``(index in Compose, kind, eps, clip)``."""
@@ -62,86 +58,6 @@ def _plan(fused: FusedCollector) -> Plan:
         (i, kind, float(getattr(t, "eps", 0.0)), getattr(t, "clip", None))
         for i, kind, t in fused.plan
     )
-
-
-def member_step(
-    plan: Plan,
-    dyn: Dynamics,
-    actor: torch.nn.Module,
-    carry: dict[str, torch.Tensor],
-    tstate: dict[str, Any],
-    params: Mapping,
-    key: torch.Tensor,
-    env_key: torch.Tensor,
-) -> tuple[dict, dict, dict]:
-    """One vector step of one member over ``E`` envs; pure, branch-free, plain dicts.
-
-    Args:
-        plan: from the member's :class:`~tdppo.rollout.FusedCollector` (same for all members).
-        dyn: the env's dynamics. actor: structure only (params are passed).
-        carry: ``observation`` ``[E, obs]``, ``state`` ``[E, S]``, ``step_count`` /
-            ``episode`` int64 ``[E, 1]``, ``episode_reward`` ``[E, 1]`` (with ``RewardSum``).
-        tstate: ``TensorDict.from_module(env.transform).to_dict()``.
-        params: the actor's params (``from_module`` layout). key: this step's policy key.
-        env_key: the member's env ``rng_key`` (0-d int64): picks its reset draws.
-
-    Returns:
-        ``(carry, tstate, transition)``: the transition holds ``observation``, ``action``,
-        ``sample_log_prob`` and ``next`` (``observation``, ``reward``, ``terminated``,
-        ``truncated``, ``done``, ``episode_reward``), as the fused collector's batch does.
-    """
-    obs = carry["observation"]
-    dp = nets.dist_params_dict(actor, params, obs)
-    action = nets.sample(dp, key)
-    logp = nets.log_prob(dp, action)
-    out = autoreset_step(
-        dyn,
-        env_key,
-        carry["state"],
-        carry["step_count"].squeeze(-1),
-        carry["episode"].squeeze(-1),
-        action,
-    )
-    terminated, truncated = out.terminated.unsqueeze(-1), out.truncated.unsqueeze(-1)
-    done = terminated | truncated
-    reward = out.reward.unsqueeze(-1)
-    next_obs, carry_obs, out_reward = out.next_observation, out.observation, reward
-    ep_ret = carry.get("episode_reward")
-    stats = dict(tstate["transforms"])
-    for i, kind, eps, clip in plan:  # the transform stack, in pipeline order
-        if kind == "sum":
-            ep_ret = ep_ret + reward
-            continue
-        ts = stats[i]
-        if kind == "obs":
-            ts, next_obs = obs_norm_step(ts, next_obs, None, eps=eps, clip=clip, update=True)
-            ts, reset_obs = obs_norm_step(
-                ts, carry_obs, done.squeeze(-1), eps=eps, clip=clip, update=True
-            )
-            carry_obs = torch.where(done, reset_obs, next_obs)
-        else:
-            ts, out_reward = reward_norm_step(
-                ts, out_reward, terminated, done, eps=eps, clip=clip, update=True
-            )
-        stats[i] = ts
-    new_carry = {
-        "observation": carry_obs,
-        "state": out.state,
-        "step_count": out.step_count.unsqueeze(-1),
-        "episode": out.episode.unsqueeze(-1),
-    }
-    nxt = {
-        "observation": next_obs,
-        "reward": out_reward,
-        "terminated": terminated,
-        "truncated": truncated,
-        "done": done,
-    }
-    if ep_ret is not None:
-        new_carry["episode_reward"] = torch.where(done, torch.zeros_like(ep_ret), ep_ret)
-        nxt["episode_reward"] = ep_ret
-    trans = {"observation": obs, "action": action, "sample_log_prob": logp, "next": nxt}
-    return new_carry, {**tstate, "transforms": stats}, trans
 
 
 def make_population_step(fused: FusedCollector, actor: torch.nn.Module, compile: bool):

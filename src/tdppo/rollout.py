@@ -20,6 +20,9 @@ the next step starts from, physical state, step counts, episode counters and ret
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from tensordict import TensorDict
 from torchrl.envs import TransformedEnv
@@ -27,7 +30,7 @@ from torchrl.envs.transforms import Compose, RewardSum
 
 from tdppo import nets
 from tdppo import random as trand
-from tdppo.envs.base import TorchEnv, autoreset_step
+from tdppo.envs.base import Dynamics, TorchEnv, autoreset_step
 from tdppo.transforms import (
     RunningObservationNorm,
     RunningRewardNorm,
@@ -35,7 +38,10 @@ from tdppo.transforms import (
     reward_norm_step,
 )
 
-__all__ = ["FusedCollector", "GenericCollector", "make_collector", "policy_step_fn"]
+# a fused transform plan: (index in Compose, kind "obs" | "reward" | "sum", eps, clip)
+Plan = tuple[tuple[str, str, float, float | None], ...]
+
+__all__ = ["FusedCollector", "GenericCollector", "fused_step", "make_collector", "policy_step_fn"]
 
 
 def _transforms(env: TransformedEnv) -> list:
@@ -52,6 +58,86 @@ def policy_step_fn(actor: torch.nn.Module):
         return action, nets.log_prob(dp, action)
 
     return step
+
+
+def fused_step(
+    plan: Plan,
+    dyn: Dynamics,
+    actor: torch.nn.Module,
+    carry: dict[str, torch.Tensor],
+    tstate: dict[str, Any],
+    params: Mapping,
+    key: torch.Tensor,
+    env_key: torch.Tensor,
+) -> tuple[dict, dict, dict]:
+    """One vector step over ``E`` envs (one agent); pure, branch-free, over plain dicts.
+
+    Args:
+        plan: :attr:`FusedCollector.consts`: ``(index in Compose, kind, eps, clip)`` per transform.
+        dyn: the env's dynamics. actor: structure only (params are passed).
+        carry: ``observation`` ``[E, obs]``, ``state`` ``[E, S]``, ``step_count`` /
+            ``episode`` int64 ``[E, 1]``, ``episode_reward`` ``[E, 1]`` (with ``RewardSum``).
+        tstate: ``TensorDict.from_module(env.transform).to_dict()``.
+        params: the actor's params (``from_module`` layout). key: this step's policy key.
+        env_key: the env's ``rng_key`` (0-d int64): picks its reset draws.
+
+    Returns:
+        ``(carry, tstate, transition)``: the transition holds ``observation``, ``action``,
+        ``sample_log_prob`` and ``next`` (``observation``, ``reward``, ``terminated``,
+        ``truncated``, ``done``, ``episode_reward``), as the fused collector's batch does.
+    """
+    obs = carry["observation"]
+    dp = nets.dist_params_dict(actor, params, obs)
+    action = nets.sample(dp, key)
+    logp = nets.log_prob(dp, action)
+    out = autoreset_step(
+        dyn,
+        env_key,
+        carry["state"],
+        carry["step_count"].squeeze(-1),
+        carry["episode"].squeeze(-1),
+        action,
+    )
+    terminated, truncated = out.terminated.unsqueeze(-1), out.truncated.unsqueeze(-1)
+    done = terminated | truncated
+    reward = out.reward.unsqueeze(-1)
+    next_obs, carry_obs, out_reward = out.next_observation, out.observation, reward
+    ep_ret = carry.get("episode_reward")
+    stats = dict(tstate["transforms"])
+    for i, kind, eps, clip in plan:  # the transform stack, in pipeline order
+        if kind == "sum":
+            ep_ret = ep_ret + reward
+            continue
+        ts = stats[i]
+        if kind == "obs":
+            ts, next_obs = obs_norm_step(ts, next_obs, None, eps=eps, clip=clip, update=True)
+            ts, reset_obs = obs_norm_step(
+                ts, carry_obs, done.squeeze(-1), eps=eps, clip=clip, update=True
+            )
+            carry_obs = torch.where(done, reset_obs, next_obs)
+        else:
+            ts, out_reward = reward_norm_step(
+                ts, out_reward, terminated, done, eps=eps, clip=clip, update=True
+            )
+        stats[i] = ts
+    new_carry = {
+        "observation": carry_obs,
+        "state": out.state,
+        "step_count": out.step_count.unsqueeze(-1),
+        "episode": out.episode.unsqueeze(-1),
+    }
+    nxt = {
+        "observation": next_obs,
+        "reward": out_reward,
+        "terminated": terminated,
+        "truncated": truncated,
+        "done": done,
+    }
+    if ep_ret is not None:
+        new_carry["episode_reward"] = torch.where(done, torch.zeros_like(ep_ret), ep_ret)
+        nxt["episode_reward"] = ep_ret
+    trans = {"observation": obs, "action": action, "sample_log_prob": logp, "next": nxt}
+    return new_carry, {**tstate, "transforms": stats}, trans
 
 
 class FusedCollector:
@@ -84,70 +170,27 @@ class FusedCollector:
                 self.plan.append((str(i), "sum", t))
             else:
                 raise NotImplementedError(f"transform {type(t).__name__} is not fusable")
-        self.policy = policy_step_fn(actor)
+        # the plan as constants: (index in Compose, kind, eps, clip)
+        self.consts = tuple(
+            (i, kind, float(getattr(t, "eps", 0.0)), getattr(t, "clip", None))
+            for i, kind, t in self.plan
+        )
+        self.actor = actor
         self._step = self._step_impl
         if compile:
             self._step = torch.compile(self._step_impl, dynamic=False)
 
     # -- pure --------------------------------------------------------------------------------
     def _step_impl(self, carry: TensorDict, tstate: TensorDict, params: TensorDict, key):
-        obs = carry["observation"]
-        action, logp = self.policy(params, obs, key)
-        # dynamics + time limit + same-step autoreset (pure, tdppo.envs.base)
-        out = autoreset_step(
-            self.dyn,
+        c, t, tr = fused_step(
+            self.consts, self.dyn, self.actor, carry.to_dict(), tstate.to_dict(), params, key,
             self.env_key,
-            carry["state"],
-            carry["step_count"].squeeze(-1),
-            carry["episode"].squeeze(-1),
-            action,
+        )  # fmt: skip
+        return (
+            TensorDict(c, batch_size=carry.batch_size),
+            TensorDict(t, batch_size=[]),
+            TensorDict(tr, batch_size=carry.batch_size),
         )
-        terminated, truncated = out.terminated.unsqueeze(-1), out.truncated.unsqueeze(-1)
-        done = terminated | truncated
-        reward = out.reward.unsqueeze(-1)
-        next_obs, carry_obs, out_reward = out.next_observation, out.observation, reward
-        ep_ret = carry.get("episode_reward", None)
-        new_tstate = tstate.copy()
-        # the transform stack, in pipeline order: step values first, then the reset rows
-        for i, kind, t in self.plan:
-            if kind == "sum":  # RewardSum: no buffers, its running sum lives in the carry
-                ep_ret = ep_ret + reward
-                continue
-            ts = tstate["transforms", i]
-            if kind == "obs":
-                ts, next_obs = obs_norm_step(
-                    ts, next_obs, None, eps=t.eps, clip=t.clip, update=True
-                )
-                ts, reset_obs = obs_norm_step(
-                    ts, carry_obs, done.squeeze(-1), eps=t.eps, clip=t.clip, update=True
-                )
-                carry_obs = torch.where(done, reset_obs, next_obs)
-            else:
-                ts, out_reward = reward_norm_step(
-                    ts, out_reward, terminated, done, eps=t.eps, clip=t.clip, update=True
-                )
-            new_tstate["transforms", i] = ts
-        new_carry = {
-            "observation": carry_obs,
-            "state": out.state,
-            "step_count": out.step_count.unsqueeze(-1),
-            "episode": out.episode.unsqueeze(-1),
-        }
-        nxt = {
-            "observation": next_obs,
-            "reward": out_reward,
-            "terminated": terminated,
-            "truncated": truncated,
-            "done": done,
-        }
-        if ep_ret is not None:
-            new_carry["episode_reward"] = torch.where(done, torch.zeros_like(ep_ret), ep_ret)
-            nxt["episode_reward"] = ep_ret
-        trans = TensorDict(
-            {"observation": obs, "action": action, "sample_log_prob": logp, "next": nxt},
-            batch_size=carry.batch_size,
-        )
-        return TensorDict(new_carry, batch_size=carry.batch_size), new_tstate, trans
 
     # -- impure driver ---------------------------------------------------------------------------
     def collect(self, carry, tstate, params, steps0: torch.Tensor, num_steps: int):
