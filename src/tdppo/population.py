@@ -146,7 +146,7 @@ def _step_hp(hp: TensorDict, lr_scale: float) -> dict[str, torch.Tensor]:
 def _member_init(cfg: Config, device: torch.device):
     """``(state, actor, critic, fused)`` of one member, built exactly as ``train`` builds it."""
     from tdppo.rollout import make_collector
-    from tdppo.trainer import _carry_keys, build_components
+    from tdppo.trainer import build_components, carry_keys
 
     env, actor, critic = build_components(cfg, device)
     policy_key = trand.fold_in(trand.key(cfg.seed, device), STREAMS["policy"])
@@ -154,7 +154,7 @@ def _member_init(cfg: Config, device: torch.device):
         fused = make_collector(env, actor, policy_key, compile=False, fused=True)
     except NotImplementedError as e:
         raise ValueError(f"train_population needs the fused torch pipeline: {e}") from None
-    carry = env.reset().select(*_carry_keys(fused))
+    carry = env.reset().select(*carry_keys(fused))
     params0 = TensorDict(
         {
             "policy": TensorDict.from_module(actor).data,

@@ -130,7 +130,7 @@ def make_population_update(
             raise ValueError(f"batch of {size} does not split into {minibatches} minibatches")
         p, o = _plain(params), _plain(opt_state)
         h = {k: hp[k] for k in STEP_HP}
-        data = {k: batch[k] for k in ppo._BATCH_KEYS}
+        data = {k: batch[k] for k in ppo.BATCH_KEYS}
         rows = torch.arange(members, device=key.device).unsqueeze(-1)
         total = dict.fromkeys(ppo.METRICS, 0.0)
         for epoch in range(epochs):

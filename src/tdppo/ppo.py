@@ -43,7 +43,7 @@ __all__ = ["gae", "ppo_loss", "make_minibatch_step", "make_update", "METRICS"]
 METRICS = ("loss_policy", "loss_value", "entropy", "approx_kl", "clip_fraction", "grad_norm")
 """Keys of the metrics TensorDict that ``update`` returns (0-d tensors, minibatch means)."""
 
-_BATCH_KEYS = (
+BATCH_KEYS = (
     "observation",
     "action",
     nets.LOG_PROB_KEY,
@@ -277,7 +277,7 @@ def make_update(
         if mb_size * minibatches != size:
             raise ValueError(f"batch of {size} does not split into {minibatches} minibatches")
         p, o, h = _plain(params), _plain(opt_state), _plain(hp)
-        data = {k: batch[k] for k in _BATCH_KEYS}
+        data = {k: batch[k] for k in BATCH_KEYS}
         total = dict.fromkeys(METRICS, 0.0)
         for epoch in range(epochs):
             perm = tr.permutation(tr.fold_in(key, epoch), size)

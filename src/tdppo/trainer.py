@@ -102,7 +102,7 @@ def _hp(cfg: Config, device: torch.device) -> TensorDict:
     )
 
 
-def _carry_keys(collector) -> list | None:
+def carry_keys(collector) -> list | None:
     if isinstance(collector, FusedCollector):
         keys = ["observation", "state", "step_count", "episode"]
         if any(kind == "sum" for _, kind, _ in collector.plan):
@@ -156,7 +156,7 @@ def train(config: Config | None = None, **overrides) -> TensorDict:
         env, actor, trand.fold_in(trand.key(cfg.seed, device), STREAMS["policy"]), cfg.compile
     )
     carry = env.reset()
-    keys = _carry_keys(collector)
+    keys = carry_keys(collector)
     carry = carry.select(*keys) if keys else carry.exclude("action", "sample_log_prob")
     params0 = TensorDict(
         {
