@@ -53,11 +53,15 @@ def policy_step_fn(actor: torch.nn.Module):
     """``(params, obs, key) -> (action, log_prob)``: a pure sampling step of ``actor``."""
 
     def step(params: TensorDict, obs: torch.Tensor, key: torch.Tensor):
-        dp = nets.dist_params(actor, params, obs)
-        action = nets.sample(dp, key)
-        return action, nets.log_prob(dp, action)
+        return _sample_action(actor, params, obs, key)
 
     return step
+
+
+def _sample_action(actor: torch.nn.Module, params, obs: torch.Tensor, key: torch.Tensor):
+    dp = nets.dist_params_dict(actor, params, obs)
+    action = nets.sample(dp, key)
+    return action, nets.log_prob(dp, action)
 
 
 def fused_step(
@@ -87,9 +91,7 @@ def fused_step(
         ``truncated``, ``done``, ``episode_reward``), as the fused collector's batch does.
     """
     obs = carry["observation"]
-    dp = nets.dist_params_dict(actor, params, obs)
-    action = nets.sample(dp, key)
-    logp = nets.log_prob(dp, action)
+    action, logp = _sample_action(actor, params, obs, key)
     out = autoreset_step(
         dyn,
         env_key,
@@ -156,7 +158,6 @@ class FusedCollector:
         if not isinstance(base, TorchEnv):
             raise NotImplementedError("fused collection needs a built-in torch env")
         self.dyn = base.dynamics
-        self.num_envs = base.batch_size[0]
         self.policy_key = policy_key
         self.env_key = base.rng_key
         # (index in Compose, kind, transform)

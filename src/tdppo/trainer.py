@@ -233,7 +233,6 @@ def train(config: Config | None = None, **overrides) -> TensorDict:
             )
             write_back(env_td, new_carry.select(*env_td.keys()))
             write_back(state["transforms"], new_t)
-            _check_finite(state, batch, nonfinite0)
             # VALUES and GAE (value of the final, pre-reset observation bootstraps truncation)
             value = nets.value(critic, state["value"], batch["observation"])
             next_value = nets.value(critic, state["value"], batch["next", "observation"])
@@ -258,13 +257,7 @@ def train(config: Config | None = None, **overrides) -> TensorDict:
         new_params, new_opt, metrics = update(
             params, state["optimizer"], flat, trand.fold_in(perm_key, c["updates"]), hp
         )
-        if not bool(
-            torch.stack([torch.isfinite(v).all() for v in new_params.values(True, True)]).all()
-        ):
-            raise ValueError(
-                f"the update produced non-finite parameters after {int(c['frames'])} frames "
-                "(diverged); the last checkpoint is intact and nothing was saved"
-            )
+        _check_finite(state, batch, new_params, nonfinite0)  # one host sync per update
         write_back(params, new_params)
         write_back(state["optimizer"], new_opt)
         done = batch["next", "done"]
@@ -341,27 +334,39 @@ def _restart_episodes(env, state: TensorDict, cfg: Config, frames: int) -> None:
     state["meta", "resume_reset_episodes"] = prev + 1
 
 
-def _nonfinite(state: TensorDict) -> int:
+def _nonfinite(state: TensorDict) -> torch.Tensor:
     """Batches the normalizers skipped because they held NaN/inf (their ``nonfinite`` buffers)."""
     leaves = state["transforms"].flatten_keys("/")
-    return sum(int(v) for k, v in leaves.items() if k.endswith("nonfinite"))
+    counts = [v.sum() for k, v in leaves.items() if k.endswith("nonfinite")]
+    return torch.stack(counts).sum() if counts else torch.zeros((), dtype=torch.int64)
 
 
-def _check_finite(state: TensorDict, batch: TensorDict, before: int) -> None:
-    """Stop before a non-finite rollout reaches the update or a checkpoint (one sync/update).
+def _check_finite(
+    state: TensorDict, batch: TensorDict, new_params: TensorDict, before: torch.Tensor
+) -> None:
+    """Stop before a non-finite rollout or a diverged update is written back or saved.
 
     The fused collector cannot raise inside compiled code: its normalizers skip a non-finite
-    batch (statistics untouched) and count it; this is where that count is read.
+    batch (statistics untouched) and count it; this is where that count is read, together
+    with the rollout's and the new parameters' finiteness, in one host sync.
     """
-    frames = int(state["counters", "frames"])
-    finite = (
+    rollout_ok = (
         torch.isfinite(batch["next", "reward"]).all()
         & torch.isfinite(batch["next", "observation"]).all()
+        & (_nonfinite(state) == before)
     )
-    if _nonfinite(state) != before or not bool(finite):
+    params_ok = torch.stack([torch.isfinite(v).all() for v in new_params.values(True, True)]).all()
+    rollout_ok, params_ok = torch.stack([rollout_ok, params_ok]).tolist()
+    frames = int(state["counters", "frames"])
+    if not rollout_ok:
         raise ValueError(
             f"non-finite observation or reward in the rollout after {frames} frames; the "
             "normalizer statistics were left untouched and no checkpoint was written"
+        )
+    if not params_ok:
+        raise ValueError(
+            f"the update produced non-finite parameters after {frames} frames (diverged); "
+            "the last checkpoint is intact and nothing was saved"
         )
 
 
