@@ -1,5 +1,8 @@
 """Bad input gets a clear message and never touches statistics or checkpoints."""
 
+import math
+from dataclasses import replace
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -37,7 +40,7 @@ SMALL = dict(num_envs=2, num_steps=16, epochs=1, minibatches=2, quiet=True, eval
 def test_nan_observation_through_gym_backend_is_refused(tmp_path):
     cfg = Config(env="tdppo-test/NanAfter-v0", frames=256, run_dir=str(tmp_path), compile=False)
     with pytest.raises(ValueError, match="non-finite"):
-        train(cfg, **SMALL)
+        train(replace(cfg, **SMALL))
     assert list_checkpoints(tmp_path) == []  # nothing half-baked was saved
 
 
@@ -54,7 +57,7 @@ def test_nan_in_fused_rollout_is_refused_and_stats_untouched(tmp_path, monkeypat
     monkeypatch.setattr(type(dyn), "observe", broken)
     cfg = Config(env="Pendulum-v1", frames=2048, run_dir=str(tmp_path), compile=False)
     with pytest.raises(ValueError, match="non-finite"):
-        train(cfg, **SMALL)
+        train(replace(cfg, **SMALL))
 
 
 def test_bad_env_id_and_bad_config_are_one_line():
@@ -62,3 +65,13 @@ def test_bad_env_id_and_bad_config_are_one_line():
         train(Config(env="NoSuchEnv-v9", **SMALL))
     with pytest.raises(ValueError, match="divisible"):
         train(Config(num_envs=3, num_steps=5, minibatches=4, quiet=True))
+
+
+@pytest.mark.parametrize("field", ["lr", "gamma", "adam_eps", "max_grad_norm", "obs_clip"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_hyperparameter_refused_before_anything_is_written(tmp_path, field, bad):
+    cfg = Config(run_dir=str(tmp_path / "run"), compile=False, **SMALL, **{field: bad})
+    with pytest.raises(ValueError, match=f"{field} must be a finite number") as e:
+        train(cfg)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "run").exists()

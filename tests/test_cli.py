@@ -152,3 +152,164 @@ def test_population_cli_and_member_eval(tmp_path):
     assert p.returncode == 2 and "--member" in p.stderr
     p = tdppo("train", *SMALL, "--run-dir", tmp_path / "x", "--sweep", "hidden=1,2", check=False)
     assert p.returncode == 2 and "Traceback" not in p.stderr
+
+
+# ----------------------------------------------------------------------------- issue 10
+
+
+def one_line_refusal(p):
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    assert "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    return p.stderr.strip()
+
+
+def manifest_config(run):
+    return ckpt.read_manifest(ckpt.resolve(run)[0])["config"]
+
+
+def test_seed_is_one_agent_and_evaluates(tmp_path):
+    # `--seed 1` was read as `--seeds 1` (argparse abbreviation): a population of one that
+    # `tdppo eval R` then refused. The README's Learning table is reproduced this way.
+    run = tmp_path / "r"
+    tdppo("train", *SMALL, "--seed", 1, "--frames", 128, "--run-dir", run)
+    state = ckpt.load_checkpoint(run)
+    assert "population_json" not in state["meta"].keys()
+    assert state["counters", "frames"].shape == () and manifest_config(run)["seed"] == 1
+    p = tdppo("eval", run, "--episodes", 2, "--seed", 100)
+    assert json.loads(p.stdout.strip().splitlines()[-1])["episodes"] == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--see", "1"],  # --seed
+        ["train", "--seed"],  # missing value, not --seeds
+        ["train", "--num-env", "2"],  # --num-envs
+        ["train", "--envs", "CartPole-v1"],  # --env
+        ["train", "--seed", "1", "--seeds"],  # --seeds without its value
+        ["train", "--swee", "lr=1e-4"],  # --sweep
+        ["train", "--resum"],  # --resume
+        ["eval", "R", "--ep", "2"],  # --episodes
+        ["eval", "R", "--mem", "0"],  # --member
+        ["eval", "R", "--seeds", "1"],  # eval has --seed only
+        ["inspect", "R", "--x"],
+    ],
+)
+def test_abbreviations_and_near_collisions_are_refused(tmp_path, args, capsys):
+    # In process (the same main() the console script runs): argparse and tyro refuse before
+    # anything is built.
+    from tdppo.cli import main
+
+    args = [str(tmp_path / "R") if a == "R" else a for a in args]
+    if args[0] == "train":
+        args += ["--run-dir", str(tmp_path / "run")]
+    try:
+        rc = main(args)
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"tdppo {args[0]}")
+    assert not (tmp_path / "run").exists()  # nothing was touched
+
+
+def test_abbreviation_message_names_the_flag_meant():
+    # A subprocess: what a user at a shell sees.
+    msg = one_line_refusal(tdppo("train", "--see", "1", check=False))
+    assert "--see" in msg and "--seed" in msg
+
+
+def test_tyro_itself_refuses_every_abbreviated_field_flag():
+    # Config flags are parsed by tyro; a flag cut short by one letter must never parse.
+    import contextlib
+    import dataclasses
+    import io
+
+    import tyro
+
+    from tdppo import Config
+
+    flags = set()
+    for f in dataclasses.fields(Config):
+        flags.add("--" + f.name.replace("_", "-"))
+    for flag in sorted(flags):
+        short = flag[:-1]
+        if short in flags or short == "--":
+            continue
+        with contextlib.redirect_stderr(io.StringIO()), pytest.raises(SystemExit) as e:
+            tyro.cli(Config, args=[short, "1"], default=Config())
+        assert e.value.code == 2, short
+
+
+def test_non_finite_flags_are_one_line_and_touch_nothing(tmp_path, capsys):
+    msg = one_line_refusal(tdppo("train", *SMALL, "--lr", "nan", "--run-dir", tmp_path / "r",
+                                 check=False))  # fmt: skip
+    assert "lr" in msg and "finite" in msg
+    from tdppo.cli import main
+
+    for flag, value in [("--gamma", "inf"), ("--ent-coef", "-inf"), ("--obs-clip", "nan")]:
+        assert main(["train", *SMALL, flag, value, "--run-dir", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and flag[2:].replace("-", "_") in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_without_run_dir_is_one_line(tmp_path):
+    msg = one_line_refusal(tdppo("train", *SMALL, "--resume", check=False))
+    assert "--run-dir" in msg
+
+
+def test_resume_takes_the_saved_config_and_ends_bit_exact(tmp_path):
+    # A CartPole run with non-default flags (and --no-compile), resumed with only
+    # `--resume --run-dir R --frames N` typed: the saved config is the base, so it resumes
+    # (it was refused: "env: 'CartPole-v1' -> 'Pendulum-v1', ..."), stays no-compile, quiet
+    # and seed 3, and ends bit-identical to the uninterrupted run.
+    flags = [*SMALL, "--seed", 3, "--gamma", 0.95, "--hidden", 32, 32, "--no-normalize-reward"]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    tdppo("train", *flags, "--frames", 384, "--run-dir", ref)
+    tdppo("train", *flags, "--frames", 128, "--run-dir", run)
+    p = tdppo("train", "--resume", "--run-dir", run, "--frames", 384)
+    assert p.stdout == "" and "resumed" not in p.stderr  # --quiet came from the saved run
+    same_state(ckpt.load_checkpoint(ref), ckpt.load_checkpoint(run))
+    cfg = manifest_config(run)  # the resumed segment's effective config is recorded
+    assert cfg["compile"] is False and cfg["frames"] == 384 and cfg["seed"] == 3
+    assert cfg["hidden"] == [32, 32] and cfg["normalize_reward"] is False
+    assert cfg == {**manifest_config(ref), "resume": True, "run_dir": str(run)}
+
+
+def test_resume_typed_mutable_flag_applies_and_untyped_ones_stay(tmp_path):
+    run = tmp_path / "run"
+    tdppo("train", *SMALL, "--frames", 128, "--run-dir", run, "--checkpoint-every", 128)
+    tdppo("train", "--resume", "--run-dir", run, "--frames", 512, "--keep", 1)
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["000000000512"]
+    cfg = manifest_config(run)
+    assert cfg["keep"] == 1 and cfg["checkpoint_every"] == 128 and cfg["compile"] is False
+
+
+def test_resume_typed_fixed_fields_refused_listing_them_nothing_touched(tmp_path):
+    run = tmp_path / "run"
+    tdppo("train", *SMALL, "--frames", 128, "--run-dir", run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    p = tdppo(
+        "train", "--resume", "--run-dir", run, "--frames", 256, "--num-envs", 8, "--lr", 0.1,
+        "--seed", 0, "--env", "CartPole-v1", check=False,
+    )  # fmt: skip
+    msg = one_line_refusal(p)
+    assert "num_envs: 4 -> 8" in msg and "lr: 0.00025 -> 0.1" in msg
+    assert "seed" not in msg and "env:" not in msg  # typed, but equal to the saved run's
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_population_resume_needs_no_seeds(tmp_path):
+    run = tmp_path / "pop"
+    tdppo("train", *SMALL, "--seeds", "0-1", "--frames", 128, "--run-dir", run)
+    tdppo("train", "--resume", "--run-dir", run, "--frames", 256)
+    state = ckpt.load_checkpoint(run)
+    assert state["counters", "frames"].tolist() == [256, 256]
+    tdppo("train", "--resume", "--run-dir", run, "--frames", 384, "--seeds", "0-1")
+    p = tdppo("train", "--resume", "--run-dir", run, "--frames", 512, "--seeds", "0-2", check=False)
+    one_line_refusal(p)
+    assert ckpt.load_checkpoint(run)["counters", "frames"].tolist() == [384, 384]

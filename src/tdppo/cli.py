@@ -1,61 +1,192 @@
 """``tdppo`` command line: ``train``, ``eval``, ``inspect``.
 
-``tdppo train`` flags are generated from :class:`tdppo.Config` (every field is a flag); the
-preset of ``--env`` supplies defaults that flags override. Errors a user can cause (bad env id,
-config mismatch on resume, damaged checkpoint, ...) print one line and exit with status 2.
+``tdppo train`` flags are generated from :class:`tdppo.Config` (every field is a flag). A fresh
+run's config is the defaults, then the preset of ``--env``, then the flags typed. A resumed run's
+(``--resume --run-dir R``) is the config saved with R's checkpoint, then only the flags typed; a
+typed flag that cannot change mid-run (:data:`tdppo.config.RESUME_FIXED`) is refused.
+
+No parser accepts abbreviations (``--seed`` is never read as ``--seeds``). Errors a user can
+cause (unknown flag, bad value, bad env id, config mismatch on resume, damaged checkpoint, ...)
+print one line on stderr and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import inspect
+import io
 import json
 import os
+import re
 import sys
+from typing import TYPE_CHECKING, NoReturn
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from tdppo.config import Config
+
+__all__ = ["main", "parse_train"]
 
 _USAGE = """usage: tdppo {train,eval,inspect} ...
 
   tdppo train [--env Pendulum-v1] [--frames N] [--seed S] [--num-envs E]
               [--device auto|cpu|cuda] [--run-dir DIR] [--checkpoint-every FRAMES]
-              [--compile/--no-compile] [--resume] [... every Config field: tdppo train --help]
+              [--compile/--no-compile] [... every Config field: tdppo train --help]
               [--seeds 0-31] [--sweep lr=1e-4,3e-4]   many agents in one process (vmapped)
+  tdppo train --resume --run-dir DIR [--frames N] [flags to change]
+                                              the saved run's config, then the flags typed
   tdppo eval PATH [--episodes K] [--seed S] [--member I]
                                               last stdout line: JSON with mean_return, episodes
   tdppo inspect PATH                          keys, shapes, dtypes, frames, versions, verification
 """
 
+_TRAIN_DOC = """Train PPO. Every Config field is a flag; the preset of --env sets the defaults.
 
-def _train(argv: list[str]) -> int:
+Resume: --resume --run-dir R continues R from its latest intact checkpoint with the config saved
+there; only the flags typed change it (e.g. --frames N), and a flag that cannot change mid-run
+is refused. Populations (many agents in one process, vmapped): --seeds 0-31 (or 0,3,7) trains
+one agent per seed; --sweep lr=1e-4,3e-4 (repeatable) crosses hyperparameter values with the
+seeds."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse without abbreviations, whose errors are one line (``prog: error: ...``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+_RULE = re.compile(r"^[\s\-\u2500-\u257f]*$")  # box-drawing and dash-only lines
+
+
+def _one_line(text: str) -> str:
+    """tyro's boxed error message -> ``"<message> (did you mean --x?)"``, one line."""
+    lines = [ln.strip(" \t\u2502\u2503|").strip() for ln in text.splitlines()]
+    sections: list[list[str]] = [[]]
+    for ln in lines:
+        if _RULE.match(ln):
+            if sections[-1]:
+                sections.append([])
+        else:
+            sections[-1].append(ln)
+    sections = [s for s in sections if s]
+    # The box title ("Unrecognized options", "Value error", ...) comes first: in the top border
+    # (a terminal) or on a line of its own above a rule (plain output). Then the message.
+    if sections and len(sections[0]) > 1:
+        sections[0] = sections[0][1:]
+    else:
+        sections = sections[1:]
+    msg = " ".join(sections[0] if sections else [])
+    msg = re.sub(r"\s+", " ", msg).strip() or "invalid arguments (see tdppo train --help)"
+    rest = [ln for sec in sections[1:] for ln in sec]
+    meant = [i for i, ln in enumerate(rest) if ln.startswith("Perhaps you meant")]
+    if meant:  # candidate flags start their lines; their descriptions are indented below
+        flags = [
+            ln.split()[0]
+            for ln in rest[meant[0] + 1 :]
+            if ln.startswith("--") and ln.split()[0] != "--help"
+        ]
+        if flags:
+            msg += f" (did you mean {' or '.join(dict.fromkeys(flags[:3]))}?)"
+    return msg
+
+
+def _tyro_parse(args: list[str], default: Config) -> Config:
+    """Parse ``args`` into a Config with tyro (no abbreviations); errors are one line."""
     import tyro
 
     from tdppo.config import Config
 
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--env", default=Config.env)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return tyro.cli(
+                Config, args=args, default=default, prog="tdppo train", description=_TRAIN_DOC
+            )
+    except SystemExit as e:
+        if e.code not in (0, None):
+            print(f"tdppo train: error: {_one_line(err.getvalue())}", file=sys.stderr)
+        else:
+            sys.stderr.write(err.getvalue())
+        raise
+
+
+def parse_train(argv: list[str]) -> tuple[Config, list[int] | None, dict | None]:
+    """``tdppo train`` arguments -> ``(effective config, seeds, sweep)``; nothing is touched.
+
+    A fresh run: the defaults, then ``PRESETS[--env]``, then the flags typed. With
+    ``--resume``: the config saved with ``--run-dir``'s latest intact checkpoint, then only the
+    flags typed. Raises ``ValueError`` (one line) for ``--resume`` without ``--run-dir``, a
+    typed change of a field in ``RESUME_FIXED`` (listed as ``name: saved -> new``), a bad
+    ``--seeds``/``--sweep`` or an invalid config; ``CheckpointError`` for a run that cannot be
+    resumed; exits 2 (one line) for an unknown flag or a bad value.
+    """
+    from tdppo.config import Config, config_diff
+
+    pre = _Parser(prog="tdppo train", add_help=False)
     pre.add_argument("--seeds", default=None)
     pre.add_argument("--sweep", action="append", default=[])
     known, rest = pre.parse_known_args(argv)
-    if known.env != Config.env:
-        rest = ["--env", known.env, *rest]
-    default = Config.for_env(known.env)
-    cfg = tyro.cli(Config, args=rest, default=default, prog="tdppo train", description=_TRAIN_DOC)
-    if known.seeds is None and not known.sweep:
-        from tdppo.trainer import train
+    seeds = _parse_seeds(known.seeds) if known.seeds is not None else None
+    sweep = _parse_sweep(known.sweep)
+    first = _tyro_parse(rest, Config())  # what was typed for env / resume / run_dir
+    if not first.resume:
+        cfg = _tyro_parse(rest, Config.for_env(first.env))
+        return cfg.validate(), seeds, sweep
+    if not first.run_dir:
+        raise ValueError("--resume needs --run-dir (the run to continue)")
+    from tdppo import checkpoint as ckpt
 
-        train(cfg)
+    path, _ = ckpt.resolve(first.run_dir)  # the trainer reports skipped checkpoints itself
+    saved_dict = ckpt.read_manifest(path)["config"]
+    saved = Config.from_dict(saved_dict)
+    cfg = _tyro_parse(rest, saved)
+    cfg = dataclasses.replace(cfg, resume=True, run_dir=first.run_dir)
+    diff = config_diff(saved.to_dict(), cfg)
+    if diff:
+        raise ValueError(
+            f"cannot resume {first.run_dir}: fields that cannot change mid-run differ "
+            f"(saved -> typed): {', '.join(diff)}; nothing was changed"
+        )
+    return cfg.validate(), seeds, sweep
+
+
+def _train(argv: list[str]) -> int:
+    cfg, seeds, sweep = parse_train(argv)
+    from tdppo import trainer
+
+    if "seeds" in inspect.signature(trainer.train).parameters:
+        kw = {k: v for k, v in (("seeds", seeds), ("sweep", sweep)) if v}
+        trainer.train(cfg, **kw)
+        return 0
+    # Until trainer.train takes seeds=/sweep= (the driver rewrite): the population module.
+    if cfg.resume and seeds is None and not sweep:
+        seeds, sweep = _saved_population(cfg.run_dir)
+    if seeds is None and not sweep:
+        trainer.train(cfg)
         return 0
     from tdppo.population import train_population
 
-    seeds = _parse_seeds(known.seeds) if known.seeds is not None else [cfg.seed]
-    train_population(cfg, seeds, _parse_sweep(known.sweep))
+    train_population(cfg, seeds if seeds is not None else [cfg.seed], sweep)
     return 0
 
 
-_TRAIN_DOC = """Train PPO. Every Config field is a flag; the preset of --env sets the defaults.
+def _saved_population(run_dir: str) -> tuple[list[int] | None, dict | None]:
+    """The seeds and sweep of the population saved in ``run_dir`` ((None, None): one agent)."""
+    from tdppo import checkpoint as ckpt
+    from tdppo.state import tensor_json
 
-Populations (many agents in one process, vmapped): --seeds 0-31 (or 0,3,7) trains one agent
-per seed; --sweep lr=1e-4,3e-4 (repeatable) crosses hyperparameter values with the seeds."""
+    path, _ = ckpt.resolve(run_dir)
+    if not any("population_json" in f for f in ckpt.read_manifest(path)["files"]):
+        return None, None
+    pop = tensor_json(ckpt.load_checkpoint(path)["meta", "population_json"])
+    return pop["seeds"], pop["sweep"] or None
 
 
 def _parse_seeds(spec: str) -> list[int]:
@@ -96,7 +227,7 @@ def _parse_sweep(specs: list[str]) -> dict[str, list[float]] | None:
 
 
 def _eval(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="tdppo eval", description="Evaluate a checkpoint.")
+    p = _Parser(prog="tdppo eval", description="Evaluate a checkpoint.")
     p.add_argument("path", help="run directory (its latest intact checkpoint) or checkpoint dir")
     p.add_argument("--episodes", type=int, default=10, help="episodes to run (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the eval envs (default 0)")
@@ -119,7 +250,7 @@ def _eval(argv: list[str]) -> int:
 
 
 def _inspect(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="tdppo inspect", description="Describe a checkpoint.")
+    p = _Parser(prog="tdppo inspect", description="Describe a checkpoint.")
     p.add_argument("path", help="run directory or checkpoint dir")
     a = p.parse_args(argv)
     from tdppo.checkpoint import inspect
@@ -147,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, CheckpointError, FileNotFoundError) as e:
         if os.environ.get("TDPPO_TRACEBACK"):
             raise
-        print(f"tdppo {cmd}: error: {e}", file=sys.stderr)
+        msg = " ".join(str(e).split())  # one line, whatever the message
+        print(f"tdppo {cmd}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tdppo {cmd}: interrupted", file=sys.stderr)

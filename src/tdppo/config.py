@@ -13,6 +13,7 @@ defaults of the fields they name; flags given on the command line override both.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -125,6 +126,12 @@ class Config:
     def validate(self) -> Config:
         """Raise ``ValueError`` with a one-line message for an inconsistent config."""
         problems = []
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                problems.append(f"{f.name} must be a finite number (got {v})")
+        if problems:  # the comparisons below are meaningless for NaN
+            raise ValueError("invalid config: " + "; ".join(problems))
         for name in ("num_envs", "num_steps", "epochs", "minibatches", "frames"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
