@@ -179,3 +179,100 @@ def test_gym_backend_for_any_id_and_for_builtin_ids():
             assert obs[:, 1:][done[:, :-1]].abs().max() <= 0.05
     finally:
         g.close()
+
+
+@pytest.mark.parametrize("env_id", ["HalfCheetah-v5", "Hopper-v5"])
+def test_mujoco_observations_are_cast_at_the_env_boundary(env_id):
+    """MuJoCo observations are float64: TorchRL's ``DoubleToFloat`` casts them before any other
+    transform (networks and rollouts see float32); the normalizer statistics stay float64."""
+    pytest.importorskip("mujoco", reason="needs the mujoco extra: pip install 'tdppo[mujoco]'")
+    from torchrl.envs.transforms import DoubleToFloat
+
+    env = make_env(env_id, 2, seed=0)
+    try:
+        assert env.base_env.observation_spec["observation"].dtype == torch.float64
+        assert [type(t) for t in env.transform] == [
+            DoubleToFloat,
+            RewardSum,
+            RunningObservationNorm,
+            RunningRewardNorm,
+        ]
+        assert env.observation_spec["observation"].dtype == torch.float32
+        check_env_specs(env, seed=0)
+        td = env.rollout(5, break_when_any_done=False)
+        assert td["observation"].dtype == td["next", "observation"].dtype == torch.float32
+        # the cast is the only change: the raw float64 observation, rounded once
+        raw = make_env(env_id, 2, seed=0, normalize_obs=False, normalize_reward=False)
+        ref = make_env(env_id, 2, seed=0, normalize_obs=False, normalize_reward=False).base_env
+        acts = _actions(raw, 5, seed=3)
+        a, b = _rollout(raw, acts), _rollout(ref, acts)
+        assert b["next", "observation"].dtype == torch.float64
+        assert torch.equal(a["next", "observation"], b["next", "observation"].float())
+        norm = env.transform[2]
+        assert norm.mean.dtype == norm.var.dtype == norm.count.dtype == torch.float64
+    finally:
+        env.close()
+
+
+def test_float32_gym_envs_get_no_cast():
+    env = make_env("MountainCar-v0", 2, seed=0)
+    try:
+        assert env.base_env.observation_spec["observation"].dtype == torch.float32
+        assert [type(t) for t in env.transform][0] is RewardSum
+    finally:
+        env.close()
+
+
+@pytest.mark.slow
+def test_mujoco_train_resume_eval_through_the_cli(tmp_path):
+    """What a user types (issue 10, item 4): train, resume, eval a MuJoCo id, in subprocesses
+    (Hopper, which also terminates episodes, runs the same path in process below)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("mujoco", reason="needs the mujoco extra: pip install 'tdppo[mujoco]'")
+    from tdppo.checkpoint import load_checkpoint
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+
+    def cli(*args):
+        p = subprocess.run(
+            [sys.executable, "-m", "tdppo", *map(str, args)],
+            capture_output=True, text=True, env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-3000:]
+        return p
+
+    cli(
+        "train", "--env", "HalfCheetah-v5", "--frames", 256, "--num-envs", 2, "--num-steps", 32,
+        "--minibatches", 4, "--epochs", 1, "--no-compile", "--quiet", "--eval-episodes", 0,
+        "--run-dir", run,
+    )  # fmt: skip
+    cli("train", "--resume", "--run-dir", run, "--frames", 512)
+    state = load_checkpoint(run)
+    assert int(state["counters", "frames"]) == 512
+    assert state["policy"].flatten_keys("/").apply(lambda x: x.isfinite().all()).all()
+    res = json.loads(cli("eval", run, "--episodes", 1).stdout.strip().splitlines()[-1])
+    assert res["episodes"] == 1 and res["mean_return"] == res["mean_return"]  # finite, not NaN
+
+
+def test_mujoco_train_resume_eval_in_process(tmp_path):
+    pytest.importorskip("mujoco", reason="needs the mujoco extra: pip install 'tdppo[mujoco]'")
+    from tdppo import Config, train
+    from tdppo.checkpoint import load_checkpoint
+    from tdppo.evaluation import evaluate
+
+    kw = dict(
+        run_dir=str(tmp_path), num_envs=2, num_steps=32, minibatches=4, epochs=1, compile=False,
+        quiet=True, eval_episodes=0, threads=1,
+    )  # fmt: skip
+    train(Config.for_env("Hopper-v5", frames=256, **kw))
+    train(Config.for_env("Hopper-v5", frames=512, resume=True, **kw))
+    state = load_checkpoint(tmp_path)
+    assert int(state["counters", "frames"]) == 512
+    assert int(state["counters", "episodes"]) > 0  # Hopper falls: resets ran
+    res = evaluate(tmp_path, episodes=2, seed=1)
+    assert res["episodes"] == 2 and all(r == r for r in res["returns"])

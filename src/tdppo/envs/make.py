@@ -1,7 +1,9 @@
 """``make_env``: the transformed env tdppo trains on, for a built-in or any gymnasium id.
 
-Transforms, in order: ``RewardSum`` (episode return of the raw reward, ``episode_reward``),
-then :class:`tdppo.transforms.RunningObservationNorm` (if ``normalize_obs``), then
+Transforms, in order: for a gymnasium env with float64 observations (MuJoCo), TorchRL's
+``DoubleToFloat`` on ``observation`` (the env boundary: networks and the rollout see float32,
+the normalizer statistics stay float64); ``RewardSum`` (episode return of the raw reward,
+``episode_reward``); :class:`tdppo.transforms.RunningObservationNorm` (if ``normalize_obs``);
 :class:`tdppo.transforms.RunningRewardNorm` (if ``normalize_reward``).
 
 >>> from tdppo.envs import make_env
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import torch
 from torchrl.envs import EnvBase, GymEnv, TransformedEnv
-from torchrl.envs.transforms import Compose, RewardSum
+from torchrl.envs.transforms import Compose, DoubleToFloat, RewardSum
 
 __all__ = ["make_env", "BACKENDS"]
 
@@ -71,7 +73,18 @@ class _GymEnv(GymEnv):
       ``GymEnv(num_envs=...)`` emits, after every *partial* done, one spurious transition
       (gymnasium's reset step: the action ignored, reward 0). Disabled, TorchRL resets exactly
       the done envs through gymnasium's ``reset_mask`` (the mode TorchRL's wrapper prefers).
+
+    Exact resume: when every sub-env's state can be captured
+    (:func:`tdppo.envs.gym_state.unsupported_reason` is ``None``: classic control and MuJoCo),
+    :meth:`enable_state_capture` registers the buffers ``sim`` (float64 ``[B, S]``) and
+    ``ints`` (int64 ``[B, K]``) and the two methods ``capture_state()`` (simulators -> buffers)
+    and ``restore_state()`` (buffers -> simulators). The buffers are the env's
+    ``TensorDict.from_module`` leaves, so they are saved and strictly checked with every
+    checkpoint. Envs that cannot be captured have neither the buffers nor the methods
+    (``state_unsupported`` says why), and a resumed run restarts their episodes.
     """
+
+    state_unsupported: str | None = "state capture not enabled"
 
     def _async_env(self, env_fns, *args, **kwargs):
         import gymnasium
@@ -80,17 +93,51 @@ class _GymEnv(GymEnv):
             env_fns, autoreset_mode=gymnasium.vector.AutoresetMode.DISABLED
         )
 
+    def enable_state_capture(self) -> bool:
+        """Register the state buffers and the capture/restore methods if the env allows it."""
+        from tdppo.envs import gym_state
+
+        self.state_unsupported = gym_state.unsupported_reason(self._env)
+        if self.state_unsupported is not None:
+            return False
+        self._state_layout = gym_state.GymStateLayout(self._env)
+        for name, buf in self._state_layout.buffers().items():
+            self.register_buffer(name, buf.to(self.device))
+        # instance attributes, so ``hasattr(env, "capture_state")`` holds exactly when the
+        # state can be captured (the driver's test)
+        self.capture_state = self._capture_state
+        self.restore_state = self._restore_state
+        return True
+
+    def _state_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # TorchRL's wrapper forwards unknown attributes to the gymnasium env: ask nn.Module
+        return self._buffers["sim"], self._buffers["ints"]
+
+    def _capture_state(self) -> None:
+        """Copy every sub-env's state (simulator, RNG, wrappers) into the buffers, in place."""
+        from tdppo.envs import gym_state
+
+        gym_state.capture(self._env, self._state_layout, *self._state_buffers())
+
+    def _restore_state(self) -> None:
+        """Set every sub-env's state from the buffers (as ``capture_state`` wrote them)."""
+        from tdppo.envs import gym_state
+
+        gym_state.restore(self._env, self._state_layout, *self._state_buffers())
+
 
 def _gym_env(env_id: str, num_envs: int, device: torch.device | str | None) -> EnvBase:
-    """TorchRL's ``GymEnv`` over gymnasium's ``SyncVectorEnv``."""
+    """TorchRL's ``GymEnv`` over gymnasium's ``SyncVectorEnv``, with state capture if possible."""
     import gymnasium
 
     try:
-        return _GymEnv(env_id, num_envs=num_envs, device=device, categorical_action_encoding=True)
+        env = _GymEnv(env_id, num_envs=num_envs, device=device, categorical_action_encoding=True)
     except gymnasium.error.DependencyNotInstalled as err:
         msg = str(err).splitlines()[0] if str(err) else "a dependency is missing"
         extra = " (or: pip install 'tdppo[mujoco]')" if "mujoco" in msg.lower() else ""
         raise ValueError(f"backend 'gym' cannot run {env_id!r}: {msg}{extra}") from None
+    env.enable_state_capture()
+    return env
 
 
 def make_env(
@@ -141,7 +188,11 @@ def make_env(
         base = _gym_env(env_id, num_envs, device)
         if seed is not None:
             base.set_seed(seed)
-    transforms = [RewardSum()]
+    transforms = []
+    if base.observation_spec["observation"].dtype == torch.float64 and resolved == "gym":
+        # MuJoCo: float64 observations, cast once at the env boundary (TorchRL's own transform)
+        transforms.append(DoubleToFloat(in_keys=["observation"]))
+    transforms.append(RewardSum())
     if normalize_obs:
         spec = base.observation_spec["observation"]
         shape = spec.shape[len(base.batch_size) :]
