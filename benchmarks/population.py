@@ -5,7 +5,7 @@
 
 Both sides train the same agents (seeds ``0..N-1``, the env's preset, 8 envs x 256 steps for
 Pendulum-v1), in the same process, one after the other: first the population
-(:func:`tdppo.population.train_population`), then ``N`` single-agent :func:`tdppo.train` runs.
+(:func:`tdppo.train` with ``seeds``), then ``N`` single-agent :func:`tdppo.train` runs.
 Reported, for each side: the total wall-clock (setup and ``torch.compile`` included: the
 single-agent graphs compile once, in the first run, and are reused by the others) and the
 steady time of one update of all ``N`` agents (the time between the first and the last logged
@@ -86,7 +86,6 @@ def _finite_stats(xs: list[float]) -> dict[str, float]:
 def run(args: argparse.Namespace) -> dict:
     """Train both sides; the numbers as a dict (side effects: run dirs in a temp dir)."""
     from tdppo import Config, train
-    from tdppo.population import train_population
 
     extra = SMOKE if args.smoke else QUICK if args.quick else {}
     cfg = Config.for_env(
@@ -106,7 +105,7 @@ def run(args: argparse.Namespace) -> dict:
         tmp = Path(tmp)
         # POPULATION: one process, torch.vmap over members
         t0 = time.perf_counter()
-        train_population(cfg.__class__(**{**cfg.__dict__, "run_dir": str(tmp / "pop")}), seeds)
+        train(cfg.__class__(**{**cfg.__dict__, "run_dir": str(tmp / "pop")}), seeds=seeds)
         pop_total = time.perf_counter() - t0
         pop_rows = _read_metrics(tmp / "pop" / "metrics.csv")
         pop_times = sorted({float(r["time_s"]) for r in pop_rows})

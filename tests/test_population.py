@@ -23,15 +23,14 @@ from tensordict import TensorDict
 from tdppo import Config, train
 from tdppo.checkpoint import load_checkpoint, save_checkpoint
 from tdppo.policy import config_of, load_policy
-from tdppo.population import (
-    SWEEPABLE,
-    member_configs,
-    member_state,
-    population_configs,
-    train_population,
-)
-from tdppo.population_fns import captured
+from tdppo.jit import captured
+from tdppo.population import SWEEPABLE, member_configs, member_state, population_configs
 from tdppo.state import EXACT_KEYS
+
+def train_population(config, seeds, sweep=None):
+    """The population driver: ``tdppo.train`` with ``seeds`` (and ``sweep``)."""
+    return train(config, seeds=seeds, sweep=sweep)
+
 
 SMALL = dict(
     num_envs=4, num_steps=32, epochs=2, minibatches=4, quiet=True, eval_episodes=0, compile=False
@@ -177,7 +176,7 @@ def test_checkpoint_metrics_and_member_state(tmp_path):
     policy = load_policy(path)
     obs = torch.randn(5, 4)
     from tdppo import nets
-    from tdppo.trainer import build_components
+    from tdppo.setup import build_components
 
     _, actor, _ = build_components(config_of(one), torch.device("cpu"))
     norm = one["transforms", "transforms", "1"]
@@ -206,7 +205,7 @@ def test_resume_is_the_uninterrupted_population(tmp_path):
 
 
 def test_captured_tells_a_graph_from_an_eager_fallback():
-    from tdppo.population_fns import _compiled
+    from tdppo.jit import compiled as _compiled
 
     def add_one(x):
         return x + 1

@@ -3,6 +3,8 @@
 The reference is the uninterrupted run; every top-level key but ``meta`` must be identical.
 """
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
@@ -103,11 +105,33 @@ def test_state_layout_and_views(tmp_path):
     assert s["env", "state"].shape == (4, 2)
 
 
-def test_gym_backend_resume_restarts_episodes_and_says_so(tmp_path, capsys):
+class Walk(gym.Env):
+    """A gymnasium env whose state tdppo cannot capture (a private attribute, no ``state``)."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, **kwargs):
+        super().__init__()
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._pos = 0.0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self._pos += 1.0 if action else -1.0
+        return np.array([self._pos, 1.0], np.float32), 1.0, abs(self._pos) > 5, False, {}
+
+
+gym.register("tdppo-test/Walk-v0", entry_point=Walk, max_episode_steps=50)
+
+
+def test_gym_backend_resume_restarts_uncapturable_episodes_and_says_so(tmp_path, capsys):
     kw = dict(backend="gym", compile=False)
-    train(_cfg("CartPole-v1", tmp_path, 128, **kw))
+    train(_cfg("tdppo-test/Walk-v0", tmp_path, 128, **kw))
     saved = load_checkpoint(tmp_path)
-    s = train(_cfg("CartPole-v1", tmp_path, 256, resume=True, **kw))
+    s = train(_cfg("tdppo-test/Walk-v0", tmp_path, 256, resume=True, **kw))
     assert "starts new episodes" in capsys.readouterr().err
     assert int(s["meta", "resume_reset_episodes"]) == 1
     # statistics continue from the checkpoint (frozen during the restart's reset)

@@ -55,6 +55,7 @@ def _hp(lr: float = LR) -> TensorDict:
         ent_coef=torch.tensor(0.01),
         lr=torch.tensor(lr),
         max_grad_norm=torch.tensor(0.5),
+        adam_eps=torch.tensor(1e-5),
     )
 
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torchrl.envs.utils import step_mdp
+
+from tdppo import random as trand
+from tdppo.envs import make_env
+from tdppo.policy import config_of, load_policy, load_state
 
 __all__ = ["evaluate"]
 
@@ -23,10 +28,6 @@ def evaluate(
     Never updates or writes any statistic: the eval envs carry no normalizer, and the
     policy's observation normalizer is the checkpoint's, frozen.
     """
-    from tdppo import random as trand
-    from tdppo.envs import make_env
-    from tdppo.policy import config_of, load_policy, load_state
-
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1 (got {episodes})")
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -50,7 +51,7 @@ def evaluate(
         returns += torch.where(finished, 0.0, r)
         lengths += (~finished).long()
         finished |= d
-        td = _step_mdp(td)
+        td = step_mdp(td)
         t += 1
     env.close()
     rets = returns.cpu().tolist()
@@ -60,9 +61,3 @@ def evaluate(
         "returns": rets,
         "mean_length": float(lengths.double().mean()),
     }
-
-
-def _step_mdp(td):
-    from torchrl.envs.utils import step_mdp
-
-    return step_mdp(td)

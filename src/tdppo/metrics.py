@@ -13,7 +13,8 @@ __all__ = ["MetricsLog", "Progress"]
 
 
 class MetricsLog:
-    """Append-only CSV of training metrics, one row per logged update.
+    """Append-only CSV of training metrics, one row per logged update (per member, in a
+    population; TensorBoard tags then carry a ``member<i>/`` prefix).
 
     On resume, rows past the checkpoint's frame count (written by the interrupted run after
     its last checkpoint) are dropped, so the file reads as the uninterrupted run. A ``note``
@@ -55,9 +56,11 @@ class MetricsLog:
             w.writerow(row)
         if self._tb is not None:
             step = int(row.get("frames", 0))
+            prefix = f"member{row['member']}/" if "member" in row else ""
             for k, v in row.items():
-                if isinstance(v, int | float) and k != "frames" and math.isfinite(v):
-                    self._tb.log_scalar(k, v, step=step)
+                skip = k in ("frames", "member") or not isinstance(v, int | float)
+                if not skip and math.isfinite(v):
+                    self._tb.log_scalar(prefix + k, v, step=step)
 
     def note(self, message: str, frames: int | None = None) -> None:
         row = {"note": message}

@@ -7,8 +7,13 @@ from pathlib import Path
 import torch
 from tensordict import TensorDict
 
+from tdppo import nets
+from tdppo.checkpoint import load_checkpoint
 from tdppo.config import Config
+from tdppo.population import is_population, member_state
+from tdppo.setup import build_components
 from tdppo.state import tensor_json
+from tdppo.transforms import RunningObservationNorm
 
 __all__ = ["DeployedPolicy", "load_policy", "load_state", "config_of"]
 
@@ -37,8 +42,6 @@ class DeployedPolicy(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, observation: torch.Tensor, key: torch.Tensor | None = None) -> torch.Tensor:
-        from tdppo import nets
-
         obs = observation
         if self.obs_norm is not None:
             td = TensorDict({"observation": obs}, batch_size=obs.shape[:-1])
@@ -52,9 +55,6 @@ class DeployedPolicy(torch.nn.Module):
 
 def load_state(path: str | Path, device: torch.device, member: int | None = None) -> TensorDict:
     """A checkpoint's state in the single-agent layout (member ``member`` of a population)."""
-    from tdppo.checkpoint import load_checkpoint
-    from tdppo.population import is_population, member_state
-
     state = load_checkpoint(path, device=device)
     if is_population(state):
         if member is None:
@@ -74,9 +74,6 @@ def load_policy(
 ) -> DeployedPolicy:
     """Load the policy of the checkpoint at ``path`` (a run dir or one checkpoint dir);
     ``member`` picks one agent of a population checkpoint."""
-    from tdppo.trainer import build_components
-    from tdppo.transforms import RunningObservationNorm
-
     device = torch.device(device) if device is not None else torch.device("cpu")
     state = load_state(path, device, member)
     cfg = config_of(state)

@@ -7,7 +7,8 @@ value (a learning-rate schedule, say) never recompiles and a population can ``vm
 
 - ``clip_eps``: PPO ratio clip (also the value clip when ``clip_vloss``);
 - ``vf_coef``: weight of the value loss; ``ent_coef``: weight of the entropy bonus;
-- ``lr``, ``max_grad_norm``: Adam learning rate and global gradient-norm clip (update only).
+- ``lr``, ``adam_eps``, ``max_grad_norm``: Adam learning rate and epsilon, global gradient-norm
+  clip (update only).
 
 The loss is CleanRL's (``ppo_continuous_action.py``): per-minibatch advantage normalization
 ``(A - mean) / (std + 1e-8)``, ``max(-A r, -A clip(r))``, value loss
@@ -34,14 +35,19 @@ import torch.utils._pytree as pytree
 from tensordict import TensorDict, TensorDictBase
 from torchrl.modules import ProbabilisticActor, ValueOperator
 
-from tdppo import nets
+from tdppo import jit, nets
 from tdppo import random as tr
 from tdppo.optim import adam_update
 
-__all__ = ["gae", "ppo_loss", "make_minibatch_step", "make_update", "METRICS"]
+__all__ = [
+    "gae", "ppo_loss", "make_minibatch_step", "make_update", "METRICS", "BATCH_KEYS", "UPDATE_HP",
+]  # fmt: skip
 
 METRICS = ("loss_policy", "loss_value", "entropy", "approx_kl", "clip_fraction", "grad_norm")
 """Keys of the metrics TensorDict that ``update`` returns (0-d tensors, minibatch means)."""
+
+UPDATE_HP = ("lr", "clip_eps", "vf_coef", "ent_coef", "max_grad_norm", "adam_eps")
+"""The hyperparameters the update reads: 0-d (or ``[M]``) float tensors."""
 
 BATCH_KEYS = (
     "observation",
@@ -204,8 +210,8 @@ def make_minibatch_step(
     """``step(params, opt_state, minibatch, hp) -> (params, opt_state, metrics)``.
 
     Gradients of :func:`ppo_loss` by ``torch.func.grad``, then :func:`tdppo.optim.adam_update`
-    with ``hp["lr"]`` and ``hp["max_grad_norm"]``; ``metrics`` is the loss's dict plus
-    ``grad_norm`` (before clipping). Trees may be TensorDicts or nested dicts (the outputs
+    with ``hp["lr"]``, ``hp["adam_eps"]`` and ``hp["max_grad_norm"]``; ``metrics`` is the loss's
+    dict plus ``grad_norm`` (before clipping). Trees may be TensorDicts or nested dicts (the outputs
     follow the inputs). Pure and free of data-dependent Python control flow: it compiles to one
     graph and ``torch.vmap``-s over a leading member dimension of ``params`` / ``opt_state`` /
     ``hp`` (and of the minibatch, or not).
@@ -219,7 +225,12 @@ def make_minibatch_step(
     def step(params, opt_state, minibatch, hp):
         grads, metrics = grad_fn(params, minibatch, hp)
         params, opt_state, grad_norm = adam_update(
-            grads, opt_state, params, hp["lr"], max_grad_norm=hp["max_grad_norm"]
+            grads,
+            opt_state,
+            params,
+            hp["lr"],
+            eps=hp["adam_eps"],
+            max_grad_norm=hp["max_grad_norm"],
         )
         return params, opt_state, {**metrics, "grad_norm": grad_norm}
 
@@ -240,6 +251,16 @@ def _like(template: Tree, tree: dict) -> Tree:
     return tree
 
 
+def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values[index]`` along the sample dim, ``index`` ``[B]`` (or ``[M, B]`` per member: plain
+    indexing rather than an eager ``torch.vmap``, whose argument flattening would change a
+    tensordict memo that compiled graphs guard on, and recompile them once)."""
+    if index.dim() == 1:
+        return values[index]
+    rows = torch.arange(index.shape[0], device=index.device).unsqueeze(-1)
+    return values[rows, index]
+
+
 def make_update(
     actor: ProbabilisticActor,
     critic: ValueOperator,
@@ -250,44 +271,59 @@ def make_update(
     norm_adv: bool = True,
     compile: bool = True,
     mode: str | None = None,
+    members: bool = False,
 ) -> Update:
     """Build ``update(params, opt_state, batch, key, hp) -> (params, opt_state, metrics)``.
 
-    ``batch`` is the flattened rollout (batch size ``[B]``, keys as in :func:`ppo_loss`; other
-    keys are ignored); ``B`` must be divisible by ``minibatches``. For epoch ``e`` the samples
-    are shuffled by ``tdppo.random.permutation(fold_in(key, e), B)`` (``key``: a 0-d
-    :mod:`tdppo.random` key) and cut into ``minibatches`` equal slices; each slice is one
-    :func:`make_minibatch_step` step, compiled with ``torch.compile`` when ``compile`` (the same
-    functions run eagerly otherwise; ``mode`` is passed to ``torch.compile``, e.g.
-    ``"reduce-overhead"`` for CUDA graphs). ``hp``: 0-d tensors ``clip_eps``, ``vf_coef``,
-    ``ent_coef``, ``lr``, ``max_grad_norm`` (new values never recompile).
+    ``batch`` is the flattened rollout (TensorDict or dict with :data:`BATCH_KEYS`, samples
+    ``[B]``; other keys are ignored); ``B`` must be divisible by ``minibatches``. For epoch
+    ``e`` the samples are shuffled by ``tdppo.random.permutation(fold_in(key, e), B)`` (``key``:
+    a 0-d :mod:`tdppo.random` key) and cut into ``minibatches`` equal slices; each slice is one
+    :func:`make_minibatch_step` step, compiled with :func:`tdppo.jit.compiled` when ``compile``
+    (``mode`` is torch.compile's, e.g. ``"reduce-overhead"`` for CUDA graphs). ``hp``: 0-d float
+    tensors ``clip_eps``, ``vf_coef``, ``ent_coef``, ``lr``, ``max_grad_norm``, ``adam_eps``
+    (new values never recompile).
+
+    ``members=True``: every input has a leading member dimension ``M`` (``batch`` ``[M, B]``,
+    ``key`` and each hyperparameter ``[M]``) and the same minibatch step runs under
+    ``torch.vmap``: each member its own shuffles, gradient clipping and hyperparameters.
 
     Inputs are not modified: the returned ``params`` / ``opt_state`` are new tensors in the
-    inputs' container types (copy them into a live state with ``state["policy"].update_(...)``).
-    ``metrics`` is a TensorDict of :data:`METRICS`, averaged over all minibatch steps, as 0-d
-    tensors (read them on the host only when logging).
+    inputs' container types. ``metrics`` is a TensorDict (batch ``[]`` or ``[M]``) of
+    :data:`METRICS` averaged over all minibatch steps (read them on the host only when logging).
     """
-    step = make_minibatch_step(actor, critic, clip_vloss=clip_vloss, norm_adv=norm_adv)
+    member_step = make_minibatch_step(actor, critic, clip_vloss=clip_vloss, norm_adv=norm_adv)
+    step = member_step
+    if members:
+
+        def population_minibatch_step(params, opt_state, minibatch, hp):
+            return torch.vmap(member_step)(params, opt_state, minibatch, hp)
+
+        step = population_minibatch_step
     if compile:
-        step = torch.compile(step, fullgraph=True, dynamic=False, mode=mode)
+        step = jit.compiled(step, mode=mode)
+    sample_dim = 1 if members else 0
 
     def update(params, opt_state, batch, key, hp):
-        size = batch.batch_size[0]
+        data = {k: batch[k] for k in BATCH_KEYS}
+        size = data["observation"].shape[sample_dim]
         mb_size = size // minibatches
         if mb_size * minibatches != size:
             raise ValueError(f"batch of {size} does not split into {minibatches} minibatches")
-        p, o, h = _plain(params), _plain(opt_state), _plain(hp)
-        data = {k: batch[k] for k in BATCH_KEYS}
+        p, o, h = _plain(params), _plain(opt_state), {k: hp[k] for k in UPDATE_HP}
         total = dict.fromkeys(METRICS, 0.0)
         for epoch in range(epochs):
             perm = tr.permutation(tr.fold_in(key, epoch), size)
-            shuffled = {k: v[perm] for k, v in data.items()}  # one gather per key, then views
+            shuffled = {k: _take(v, perm) for k, v in data.items()}  # one gather per key
             for i in range(minibatches):
-                minibatch = {k: v[i * mb_size : (i + 1) * mb_size] for k, v in shuffled.items()}
+                minibatch = {
+                    k: v.narrow(sample_dim, i * mb_size, mb_size) for k, v in shuffled.items()
+                }
                 p, o, metrics = step(p, o, minibatch, h)
                 total = {k: total[k] + metrics[k] for k in METRICS}
         n = epochs * minibatches
-        metrics = TensorDict({k: v / n for k, v in total.items()})
+        metrics = TensorDict({k: v / n for k, v in total.items()}, batch_size=key.shape)
         return _like(params, p), _like(opt_state, o), metrics
 
+    update.minibatch_step = step
     return update

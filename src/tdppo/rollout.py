@@ -24,11 +24,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from tensordict import TensorDict
+import torch.utils._pytree as pytree
+from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import TransformedEnv
 from torchrl.envs.transforms import Compose, RewardSum
 
-from tdppo import nets
+from tdppo import jit, nets
 from tdppo import random as trand
 from tdppo.envs.base import Dynamics, TorchEnv, autoreset_step
 from tdppo.transforms import (
@@ -149,10 +150,19 @@ class FusedCollector:
     drawn from ``RewardSum``, :class:`RunningObservationNorm` and :class:`RunningRewardNorm`
     (the stack :func:`tdppo.make_env` builds); anything else is ``NotImplementedError`` and the
     caller falls back to :class:`GenericCollector`.
+
+    ``env_step(carry, tstate, params, key, env_key)`` is :func:`fused_step` over plain dicts;
+    with ``members=True`` it is ``torch.vmap``-ped over a leading member dimension of every
+    argument (a population), and with ``compile`` it is one compiled graph.
     """
 
     def __init__(
-        self, env: TransformedEnv, actor: torch.nn.Module, policy_key: torch.Tensor, compile: bool
+        self,
+        env: TransformedEnv,
+        actor: torch.nn.Module,
+        policy_key: torch.Tensor,
+        compile: bool,
+        members: bool = False,
     ):
         base = env.base_env
         if not isinstance(base, TorchEnv):
@@ -160,6 +170,7 @@ class FusedCollector:
         self.dyn = base.dynamics
         self.policy_key = policy_key
         self.env_key = base.rng_key
+        self.members = members
         # (index in Compose, kind, transform)
         self.plan = []
         for i, t in enumerate(_transforms(env)):
@@ -172,38 +183,57 @@ class FusedCollector:
             else:
                 raise NotImplementedError(f"transform {type(t).__name__} is not fusable")
         # the plan as constants: (index in Compose, kind, eps, clip)
-        self.consts = tuple(
+        consts = tuple(
             (i, kind, float(getattr(t, "eps", 0.0)), getattr(t, "clip", None))
             for i, kind, t in self.plan
         )
-        self.actor = actor
-        self._step = self._step_impl
-        if compile:
-            self._step = torch.compile(self._step_impl, dynamic=False)
+        self.consts, self.actor, dyn = consts, actor, self.dyn
 
-    # -- pure --------------------------------------------------------------------------------
-    def _step_impl(self, carry: TensorDict, tstate: TensorDict, params: TensorDict, key):
-        c, t, tr = fused_step(
-            self.consts, self.dyn, self.actor, carry.to_dict(), tstate.to_dict(), params, key,
-            self.env_key,
-        )  # fmt: skip
+        def member_env_step(carry, tstate, params, key, env_key):
+            return fused_step(consts, dyn, actor, carry, tstate, params, key, env_key)
+
+        def population_env_step(carry, tstate, params, key, env_key):
+            return torch.vmap(member_env_step)(carry, tstate, params, key, env_key)
+
+        step = population_env_step if members else member_env_step
+        self.env_step = jit.compiled(step) if compile else step
+
+    def collect(
+        self,
+        carry: TensorDict,
+        tstate: TensorDict,
+        params: TensorDict,
+        steps0: torch.Tensor,
+        num_steps: int,
+        policy_key: torch.Tensor | None = None,
+        env_key: torch.Tensor | None = None,
+    ) -> tuple[TensorDict, TensorDict, TensorDict]:
+        """Run ``num_steps`` vector steps from vector step ``steps0`` (no host sync).
+
+        Returns ``(carry, tstate, batch)``, ``batch`` of batch size ``[*M, num_envs, T]``.
+        ``policy_key`` / ``env_key`` default to the ones the collector was built with.
+        """
+        policy_key = self.policy_key if policy_key is None else policy_key
+        env_key = self.env_key if env_key is None else env_key
+        t = torch.arange(num_steps, device=steps0.device)
+        keys = trand.fold_in(policy_key.unsqueeze(-1), steps0.unsqueeze(-1) + t)  # [*M, T]
+        c, ts, p = _plain(carry), _plain(tstate), _plain(params)
+        out = []
+        for i in range(num_steps):
+            c, ts, trans = self.env_step(c, ts, p, keys[..., i], env_key)
+            out.append(trans)
+        time_dim = carry.batch_dims
+        batch = pytree.tree_map(lambda *xs: torch.stack(xs, dim=time_dim), *out)
         return (
             TensorDict(c, batch_size=carry.batch_size),
-            TensorDict(t, batch_size=[]),
-            TensorDict(tr, batch_size=carry.batch_size),
+            TensorDict(ts, batch_size=tstate.batch_size),
+            TensorDict(batch, batch_size=[*carry.batch_size, num_steps]),
         )
 
-    # -- impure driver ---------------------------------------------------------------------------
-    def collect(self, carry, tstate, params, steps0: torch.Tensor, num_steps: int):
-        """Run ``num_steps`` vector steps; returns ``(carry, tstate, batch[num_envs, T])``."""
-        keys = trand.fold_in(
-            self.policy_key, steps0 + torch.arange(num_steps, device=steps0.device)
-        )
-        out = []
-        for t in range(num_steps):
-            carry, tstate, trans = self._step(carry, tstate, params, keys[t])
-            out.append(trans)
-        return carry, tstate, torch.stack(out, dim=1)
+
+def _plain(tree) -> dict:
+    """Plain nested dicts (compiled code traces them far faster than TensorDicts)."""
+    return tree.to_dict() if isinstance(tree, TensorDictBase) else tree
 
 
 class GenericCollector:
@@ -218,10 +248,20 @@ class GenericCollector:
         if compile:
             self.policy = torch.compile(self.policy, dynamic=False)
 
-    def collect(self, carry, tstate, params, steps0: torch.Tensor, num_steps: int):
-        keys = trand.fold_in(
-            self.policy_key, steps0 + torch.arange(num_steps, device=steps0.device)
-        )
+    def collect(
+        self,
+        carry: TensorDict,
+        tstate: TensorDict,
+        params: TensorDict,
+        steps0: torch.Tensor,
+        num_steps: int,
+        policy_key: torch.Tensor | None = None,
+        env_key: torch.Tensor | None = None,
+    ) -> tuple[TensorDict, TensorDict, TensorDict]:
+        """As :meth:`FusedCollector.collect` (one agent); impure: it steps the live env, whose
+        transforms update their buffers in place (``tstate`` is returned as those buffers)."""
+        policy_key = self.policy_key if policy_key is None else policy_key
+        keys = trand.fold_in(policy_key, steps0 + torch.arange(num_steps, device=steps0.device))
         td = carry
         out = []
         for t in range(num_steps):
@@ -235,11 +275,21 @@ class GenericCollector:
         return td, TensorDict.from_module(self.env.transform), batch
 
 
-def make_collector(env, actor, policy_key, compile: bool, fused: bool | None = None):
-    """The fused collector when the pipeline allows it (``fused=None``), else the generic one."""
+def make_collector(
+    env: TransformedEnv,
+    actor: torch.nn.Module,
+    policy_key: torch.Tensor,
+    compile: bool,
+    fused: bool | None = None,
+    members: bool = False,
+) -> FusedCollector | GenericCollector:
+    """The fused collector when the pipeline allows it (``fused=None``), else the generic one
+    (a population, ``members=True``, needs the fused one)."""
+    if members:
+        fused = True
     if fused is not False:
         try:
-            return FusedCollector(env, actor, policy_key, compile)
+            return FusedCollector(env, actor, policy_key, compile, members=members)
         except NotImplementedError:
             if fused:
                 raise

@@ -11,6 +11,9 @@ Layout (top-level keys are public, see DESIGN.md)::
                 + "module": the base env's buffers (its RNG key for built-in envs)
     rng         {"key": root key}                  counter-based keys (tdppo.random); every draw
                                                    is fold_in(key, stream, counter)
+    hp          float64 hyperparameters             lr, adam_eps, clip_eps, vf_coef, ent_coef,
+                                                   max_grad_norm, gamma, gae_lambda (per member
+                                                   in a population, where a sweep varies them)
     counters    frames, updates, steps, episodes   int64
     meta        config (JSON bytes), versions,     not part of exact equality
                 wall-clock
@@ -44,7 +47,7 @@ __all__ = [
 # Independent random streams derived from the root key.
 STREAMS = {"policy": 1, "minibatch": 2}
 # Top-level keys compared bit for bit by exact resume (everything but meta).
-EXACT_KEYS = ("policy", "value", "optimizer", "transforms", "env", "rng", "counters")
+EXACT_KEYS = ("policy", "value", "optimizer", "transforms", "env", "rng", "counters", "hp")
 
 
 def json_tensor(obj) -> torch.Tensor:
@@ -63,6 +66,7 @@ def build_state(
     env: TransformedEnv,
     carry: TensorDict,
     opt_state: TensorDict,
+    hp: TensorDict,
     seed: int,
     config: dict,
     device: torch.device,
@@ -86,6 +90,7 @@ def build_state(
             "transforms": TensorDict.from_module(env.transform),
             "env": _env_subtree(carry, env_module),
             "rng": {"key": trand.key(seed, device=device)},
+            "hp": hp,
             "counters": {
                 "frames": zero.clone(),
                 "updates": zero.clone(),
