@@ -7,6 +7,7 @@ manifest, and a child process killed with SIGKILL mid-save.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -376,10 +377,23 @@ def _fail_memmap_midway(monkeypatch: pytest.MonkeyPatch) -> None:
     def from_tensor(cls, *a, **k):
         calls["n"] += 1
         if calls["n"] > 5:
-            raise OSError(28, "No space left on device (simulated)")
+            raise OSError(5, "Input/output error (simulated)")
         return real(cls, *a, **k)
 
     monkeypatch.setattr(MemoryMappedTensor, "from_tensor", classmethod(from_tensor))
+
+
+def _fail_leaf_write_midway(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = ck._write_bytes
+    calls = {"n": 0}
+
+    def write_bytes(path, data):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise OSError(5, "Input/output error (simulated)")
+        return real(path, data)
+
+    monkeypatch.setattr(ck, "_write_bytes", write_bytes)
 
 
 def _raise(*a, **k):
@@ -388,6 +402,7 @@ def _raise(*a, **k):
 
 FAILURES = {
     "memmap-midway": _fail_memmap_midway,
+    "leaf-write-midway": _fail_leaf_write_midway,
     "manifest": lambda mp: mp.setattr(ck, "write_manifest", _raise),
     "fsync": lambda mp: mp.setattr(ck, "fsync_tree", _raise),
     "publish": lambda mp: mp.setattr(ck, "publish", _raise),
@@ -409,6 +424,113 @@ def test_failed_save_leaves_previous_untouched(
     assert file_hashes(run) == before  # previous checkpoint and LATEST byte for byte
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["000000000100", "LATEST"]
     assert_bit_equal(first, load_checkpoint(run))
+
+
+def test_files_are_byte_identical_to_tensordict_memmap(run: Path, tmp_path: Path) -> None:
+    """Leaves go to disk by plain writes; the layout must stay exactly what tensordict's own
+    ``memmap`` writes (so ``TensorDict.load_memmap`` reads it unchanged)."""
+    state = make_state(seed=3)
+    state["extra"] = {
+        "t": torch.arange(12.0).reshape(3, 4).t(),
+        "c": torch.randn(2, 3).to(torch.complex64),
+    }
+    path = save_checkpoint(run, state, frames=4096, config=CONFIG)
+    state.detach().memmap(tmp_path / "reference", robust_key=True)
+    ours = {k: v for k, v in file_hashes(path).items() if k != "manifest.json"}
+    assert ours == file_hashes(tmp_path / "reference")
+
+
+def _disk_fills_after(monkeypatch: pytest.MonkeyPatch, root: Path, budget: int) -> dict:
+    """os.write into files under ``root`` fails with ENOSPC once ``budget`` bytes went in,
+    as a full file system's write does (the bytes that fit are written first)."""
+    real, seen = os.write, {"bytes": 0, "failed": 0}
+
+    def write(fd: int, data) -> int:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = ""
+        if not target.startswith(str(root.resolve())):
+            return real(fd, data)
+        room = budget - seen["bytes"]
+        if room <= 0:
+            seen["failed"] += 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        n = real(fd, memoryview(data)[:room])
+        seen["bytes"] += n
+        return n
+
+    monkeypatch.setattr(os, "write", write)
+    return seen
+
+
+@pytest.mark.parametrize("earlier", [0, 1, 2])
+def test_full_disk_raises_one_line_and_keeps_latest(
+    run: Path, earlier: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    states = {f: make_state(seed=f, frames=f) for f in range(100, 100 * (earlier + 1), 100)}
+    for f, st in states.items():
+        save_checkpoint(run, st, frames=f, config=CONFIG)
+    before = file_hashes(run)
+    nbytes = sum(v.numel() * v.element_size() for v in leaves(make_state()).values())
+    seen = _disk_fills_after(monkeypatch, run, budget=nbytes // 2)  # full mid-checkpoint
+    with pytest.raises(mf.DiskFullError) as err:
+        save_checkpoint(run, make_state(seed=9, frames=900), frames=900, config=CONFIG)
+    monkeypatch.undo()
+    assert seen["failed"] == 1  # the first refused write ends the save
+    e = err.value
+    assert isinstance(e, CheckpointError) and isinstance(e, OSError)
+    assert e.errno == errno.ENOSPC
+    if earlier:
+        want = run / "checkpoints" / f"{100 * earlier:012d}"
+        tail = f"the latest intact checkpoint is {want}"
+        assert e.latest == want
+    else:
+        tail = "no intact checkpoint exists yet"
+        assert e.latest is None
+    assert str(e) == (
+        f"no space left on device while writing checkpoint "
+        f"{run / 'checkpoints' / '000000000900'}; {tail}"
+    )
+    assert "\n" not in str(e)
+    # Nothing of the failed save is left: no temporary, no new name, LATEST byte for byte.
+    assert file_hashes(run) == before
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == sorted(f"{f:012d}" for f in states) + (["LATEST"] if earlier else [])
+    for f, st in states.items():
+        assert_bit_equal(st, load_checkpoint(run / "checkpoints" / f"{f:012d}"))
+    # Space back: the next save works.
+    later = make_state(seed=9, frames=900)
+    save_checkpoint(run, later, frames=900, config=CONFIG)
+    assert_bit_equal(later, load_checkpoint(run))
+
+
+@pytest.mark.parametrize("where", ["manifest", "latest"])
+def test_full_disk_outside_the_leaves_is_reported_the_same(
+    run: Path, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = make_state(seed=1, frames=100)
+    save_checkpoint(run, first, frames=100, config=CONFIG)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ck, "write_manifest" if where == "manifest" else "_write_latest", full)
+    with pytest.raises(mf.DiskFullError, match="latest intact checkpoint is .*000000000100$"):
+        save_checkpoint(run, make_state(seed=2, frames=200), frames=200, config=CONFIG)
+    monkeypatch.undo()
+    assert (run / "checkpoints" / "LATEST").read_text() == "000000000100\n"
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+    assert_bit_equal(first, load_checkpoint(run))
+
+
+def test_quota_exceeded_is_a_disk_full_error(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def quota(*a, **k):
+        raise RuntimeError("wrapped by a library") from OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    monkeypatch.setattr(ck, "fsync_tree", quota)
+    with pytest.raises(mf.DiskFullError, match="^disk quota exceeded while writing checkpoint"):
+        save_checkpoint(run, make_state(), frames=100, config=CONFIG)
 
 
 def test_crash_between_rename_and_latest(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,12 @@ already exists), fsyncs the parent, and only then replaces ``LATEST`` atomically
 any instant therefore leaves ``LATEST`` naming a complete checkpoint; half-written
 temporaries never carry a checkpoint's name and are removed by a later save.
 
+**Full disk.** The layout is tensordict's memory-map layout (``TensorDict.load_memmap``
+reads it), but the leaf bytes are written with ordinary ``write`` calls, never through a
+memory map: a mapped write on a full disk is a SIGBUS that kills the process, an ordinary
+write raises ``ENOSPC``. The save then removes its temporary, leaves ``LATEST`` alone and
+raises :class:`DiskFullError` naming the latest intact checkpoint.
+
 **Load** (:func:`load_checkpoint`) verifies the manifest (format version, every file's size
 and sha256, no unlisted file), reads the tensors with ``TensorDict.load_memmap`` without
 pickle, and *clones* them: the memory-mapped tensors are write-through views of the files,
@@ -32,6 +38,7 @@ Every function here is impure (file system) and none is on a hot path.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -47,6 +54,7 @@ from tdppo.manifest import (
     CheckpointCorrupt,
     CheckpointError,
     CheckpointMismatch,
+    DiskFullError,
     build_manifest,
     describe,
     fsync_path,
@@ -64,6 +72,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointCorrupt",
     "CheckpointMismatch",
+    "DiskFullError",
     "save_checkpoint",
     "load_checkpoint",
     "resolve",
@@ -110,7 +119,9 @@ def save_checkpoint(
         TypeError: a leaf is not a plain tensor (non-tensor data would need pickle), a node is
             not a plain ``TensorDict``, or ``config`` is not JSON-serializable.
         ValueError: ``frames`` or ``keep`` out of range.
-        OSError: the file system failed; earlier checkpoints and LATEST are untouched.
+        DiskFullError: no space (or quota) left; the temporary is removed, earlier
+            checkpoints and LATEST are untouched. Also an ``OSError`` (``errno`` ENOSPC).
+        OSError: the file system failed otherwise; earlier checkpoints and LATEST are untouched.
     """
     if not 0 <= int(frames) < 10**12:
         raise ValueError(f"frames must be in [0, 10**12), got {frames}")
@@ -118,26 +129,100 @@ def save_checkpoint(
         raise ValueError(f"keep must be >= 1, got {keep}")
     _check_savable(state)
     _check_json(config)
-    ckpt_dir = make_dirs(Path(run_dir) / "checkpoints")
-    _clean_stale(ckpt_dir)
     name = f"{int(frames):012d}"
+    ckpt_dir = Path(run_dir) / "checkpoints"
     final = ckpt_dir / name
-    tmp = ckpt_dir / f".tmp-{name}-{os.getpid()}"
-    remove(tmp)
     try:
-        # WRITE: one file per leaf, manifest last, every file and directory fsynced.
-        state.detach().memmap(tmp, robust_key=True)
-        write_manifest(tmp, build_manifest(tmp, frames=int(frames), config=config))
-        fsync_tree(tmp)
-        # PUBLISH: the complete directory takes its name in one step.
-        publish(tmp, final)
-        fsync_path(ckpt_dir)
-    finally:
-        remove(tmp)  # the half-written temporary, or the replaced old checkpoint
-    # COMMIT: only now may LATEST name it.
-    _write_latest(ckpt_dir, name)
+        make_dirs(ckpt_dir)
+        _clean_stale(ckpt_dir)
+        tmp = ckpt_dir / f".tmp-{name}-{os.getpid()}"
+        remove(tmp)
+        try:
+            # WRITE: one file per leaf, manifest last, every file and directory fsynced.
+            _write_tree(state.detach(), tmp)
+            write_manifest(tmp, build_manifest(tmp, frames=int(frames), config=config))
+            fsync_tree(tmp)
+            # PUBLISH: the complete directory takes its name in one step.
+            publish(tmp, final)
+            fsync_path(ckpt_dir)
+        finally:
+            remove(tmp)  # the half-written temporary, or the replaced old checkpoint
+        # COMMIT: only now may LATEST name it.
+        _write_latest(ckpt_dir, name)
+    except Exception as e:
+        code = _disk_full(e)
+        if code is None:
+            raise
+        raise DiskFullError(final, code, _latest_intact(run_dir)) from e
     _rotate(ckpt_dir, keep)
     return final
+
+
+def _write_tree(state: TensorDict, root: Path) -> None:
+    """Write ``state`` in tensordict's memmap layout, the leaf bytes by ordinary writes.
+
+    ``memmap_like`` writes every ``meta.json`` and creates each ``<key>.memmap`` file at its
+    size without touching its pages (a sparse file); the bytes then go in with ``os.write``,
+    which raises ENOSPC on a full disk where a write through the mapping would be a SIGBUS.
+    The result is byte for byte what ``state.memmap(root)`` writes.
+    """
+    mapped = state.memmap_like(root, robust_key=True)
+    try:
+        for key, file_tensor in mapped.items(include_nested=True, leaves_only=True):
+            value = state.get(key)
+            if value.numel() == 0:
+                continue  # tensordict writes no file for an empty tensor
+            _write_bytes(Path(file_tensor.filename), _raw_bytes(value))
+    finally:
+        del mapped  # unmap before anything else touches the files
+
+
+def _raw_bytes(value: torch.Tensor) -> memoryview:
+    """The bytes of a tensor in C order, as the memmap file holds them (any dtype)."""
+    flat = value.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+
+
+def _write_bytes(path: Path, data: memoryview) -> None:
+    fd = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        done = 0
+        while done < len(data):
+            done += os.write(fd, data[done:])
+    finally:
+        os.close(fd)
+
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+# torch.from_file (under memmap_like) extends each new file with a one-byte write and reports
+# its failure as RuntimeError("unable to write to file <...>: No space left on device (28)").
+_TORCH_ERRNO = re.compile(r"unable to (?:write to|resize|stretch) file <.*>: (.*) \((\d+)\)$", re.M)
+
+
+def _disk_full(e: BaseException | None) -> int | None:
+    """ENOSPC/EDQUOT if ``e`` is, or was raised while handling or because of, such an OSError
+    (or torch's RuntimeError for one); else None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+            return e.errno
+        if isinstance(e, RuntimeError):
+            m = _TORCH_ERRNO.search(str(e))
+            if m and int(m[2]) in _DISK_FULL and m[1] == os.strerror(int(m[2])):
+                return int(m[2])
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _latest_intact(run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint a load would use now, or None (never raises)."""
+    try:
+        return resolve(run_dir)[0]
+    except CheckpointError:
+        return None
+    except OSError:
+        return None
 
 
 def _check_savable(state: TensorDictBase) -> None:

@@ -27,6 +27,7 @@ Impure (file system) throughout; every function names the path it works on in it
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -46,6 +47,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointCorrupt",
     "CheckpointMismatch",
+    "DiskFullError",
     "build_manifest",
     "write_manifest",
     "read_manifest",
@@ -119,6 +121,33 @@ class CheckpointMismatch(CheckpointError):
         self.missing = list(missing or [])
         self.extra = list(extra or [])
         self.mismatched = list(mismatched or [])
+
+
+class DiskFullError(CheckpointError, OSError):
+    """A save ran out of space (``ENOSPC``) or quota (``EDQUOT``); nothing of it was kept.
+
+    Also an :class:`OSError` with that ``errno``. ``str(err)`` is one line, e.g. ``no space
+    left on device while writing checkpoint runs/x/checkpoints/000000008192; the latest intact
+    checkpoint is runs/x/checkpoints/000000004096``.
+
+    Attributes:
+        path: the checkpoint directory the save was writing.
+        latest: the checkpoint a load or ``--resume`` would use now (None: there is none).
+    """
+
+    def __init__(self, path: str | os.PathLike, code: int, latest: Path | None) -> None:
+        what = "disk quota exceeded" if code == errno.EDQUOT else "no space left on device"
+        after = (
+            f"the latest intact checkpoint is {latest}"
+            if latest is not None
+            else "no intact checkpoint exists yet"
+        )
+        super().__init__(path, f"{what} while writing checkpoint {Path(path)}; {after}")
+        self.errno, self.strerror, self.filename = code, os.strerror(code), str(path)
+        self.latest = latest
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 def library_versions() -> dict[str, str]:
