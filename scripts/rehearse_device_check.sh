@@ -10,6 +10,7 @@
 # 2. .whl/ from scripts/fetch_device_wheels.sh (fetched when missing).
 # 3. device_check.sh, unchanged, in a network namespace with no network at all (`unshare -n`):
 #    pip --no-index --no-deps --target, the venv's python as python3, CUDA parts skipped.
+# Wall-clock limits are 4x the GPU machine's (SLOW=4, BUDGET=1500 s): this CPU is shared.
 # Results: benchmarks/results/device_check_rehearsal.md (+ _logs.txt). Exit 0 = passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,5 +49,6 @@ echo "rehearsal: $("$VENV/bin/python" --version), torch $("$VENV/bin/python" -c 
 rc=0
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PATH=$VENV/bin:$PATH PYTHON=$VENV/bin/python3 \
   SITE=${SITE:-/tmp/tdppo-rehearsal-site} RESULT_NAME=device_check_rehearsal \
+  BUDGET=${BUDGET:-1500} SLOW=${SLOW:-4} \
   unshare -n bash benchmarks/device_check.sh || rc=$?
 exit $rc
