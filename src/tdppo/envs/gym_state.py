@@ -174,6 +174,8 @@ def capture(vec, layout: GymStateLayout, sim: torch.Tensor, ints: torch.Tensor) 
                 sim_np[i, at : at + n] = getattr(base.data, name).reshape(-1)
                 at += n
         else:
+            if base.state is None:
+                raise RuntimeError("capture_state: the gym env has not been reset yet")
             state = np.asarray(base.state)
             sim_np[i] = state.reshape(-1)
             row[_COL["state_float32"]] = int(state.dtype == np.float32)
