@@ -182,11 +182,13 @@ def test_gym_backend_for_any_id_and_for_builtin_ids():
 
 
 @pytest.mark.parametrize("env_id", ["HalfCheetah-v5", "Hopper-v5"])
-def test_mujoco_observations_are_cast_at_the_env_boundary(env_id):
+def test_mujoco_observations_are_cast_at_the_env_boundary(env_id, tmp_path, monkeypatch):
     """MuJoCo observations are float64: TorchRL's ``DoubleToFloat`` casts them before any other
     transform (networks and rollouts see float32); the normalizer statistics stay float64."""
     pytest.importorskip("mujoco", reason="needs the mujoco extra: pip install 'tdppo[mujoco]'")
     from torchrl.envs.transforms import DoubleToFloat
+
+    monkeypatch.chdir(tmp_path)  # MuJoCo 4 writes MUJOCO_LOG.TXT (half_cheetah.xml deprecation)
 
     env = make_env(env_id, 2, seed=0)
     try:
@@ -259,12 +261,13 @@ def test_mujoco_train_resume_eval_through_the_cli(tmp_path):
     assert res["episodes"] == 1 and res["mean_return"] == res["mean_return"]  # finite, not NaN
 
 
-def test_mujoco_train_resume_eval_in_process(tmp_path):
+def test_mujoco_train_resume_eval_in_process(tmp_path, monkeypatch):
     pytest.importorskip("mujoco", reason="needs the mujoco extra: pip install 'tdppo[mujoco]'")
     from tdppo import Config, train
     from tdppo.checkpoint import load_checkpoint
     from tdppo.evaluation import evaluate
 
+    monkeypatch.chdir(tmp_path)
     kw = dict(
         run_dir=str(tmp_path), num_envs=2, num_steps=32, minibatches=4, epochs=1, compile=False,
         quiet=True, eval_episodes=0, threads=1,

@@ -13,6 +13,14 @@ from tdppo.envs import make_env
 from tdppo.envs.gym_fast import GymFastCollector
 from tdppo.rollout import GenericCollector
 
+
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path, monkeypatch):
+    """MuJoCo 4 writes MUJOCO_LOG.TXT into the working directory (a deprecation warning on
+    gymnasium's half_cheetah.xml): keep it out of the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 CASES = [  # (id, num_envs, steps per collect, collects): episode ends inside the run
     ("CartPole-v1", 4, 24, 3),
     ("Pendulum-v1", 3, 70, 3),  # crosses the 200-step time limit

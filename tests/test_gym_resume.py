@@ -33,6 +33,13 @@ HERE = Path(__file__).parent
 SUBPROC_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path, monkeypatch):
+    """MuJoCo 4 writes MUJOCO_LOG.TXT into the working directory (a deprecation warning on
+    gymnasium's half_cheetah.xml): keep it out of the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _actions(spec, n: int, steps: int, seed: int) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     if spec.dtype == torch.int64:
