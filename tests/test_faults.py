@@ -233,6 +233,20 @@ def test_children_forked_while_locked_do_not_keep_the_lock(tmp_path: Path) -> No
         os.close(r)
 
 
+def test_file_system_without_flock_warns_and_goes_on(tmp_path: Path, monkeypatch, capfd) -> None:
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with RunLock(tmp_path / "run"):
+        pass
+    err = capfd.readouterr().err
+    assert err.startswith(f"tdppo: warning: cannot lock {tmp_path / 'run' / LOCK_NAME} (")
+    assert "would not be refused" in err and len(err.splitlines()) == 1
+
+
 def test_lock_file_is_invisible_to_checkpoint_listing_and_loading(tmp_path: Path) -> None:
     from tensordict import TensorDict
 
@@ -313,7 +327,7 @@ STOPPED = re.compile(
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_saved_and_resume_is_bit_exact(sig, reference, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    rows_before_signal = random.Random(f"issue16-{sig.name}").randint(2, 10)  # seeded moment
+    rows_before_signal = random.Random(f"issue16-{sig.name}").randint(2, 8)  # seeded moment
     p = start("--frames", TOTAL, "--run-dir", run, "--checkpoint-every", 0, "--log-every", 1)
     wait_for(lambda: len(metric_rows(run)) >= rows_before_signal, p)
     p.send_signal(sig)
@@ -355,7 +369,7 @@ def test_second_signal_during_the_save_aborts_and_keeps_the_previous(
     reference, tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
-    rows_before_signal = random.Random("issue16-double").randint(3, 10)
+    rows_before_signal = random.Random("issue16-double").randint(3, 8)
     p = start(
         "--frames", TOTAL, "--run-dir", run, "--checkpoint-every", 2 * PER_UPDATE,
         code=SECOND_SIGNAL_IN_SAVE,
@@ -383,10 +397,10 @@ def test_second_signal_during_the_save_aborts_and_keeps_the_previous(
 
 
 @pytest.mark.slow
-def test_two_trainers_on_one_run_exactly_one_runs(reference, tmp_path: Path) -> None:
+def test_two_trainers_on_one_run_exactly_one_runs(tmp_path: Path) -> None:
     run = tmp_path / "run"
     train("--frames", 2 * PER_UPDATE, "--run-dir", run)
-    both = [start("--frames", TOTAL, "--run-dir", run, "--resume") for _ in range(2)]
+    both = [start("--frames", 8 * PER_UPDATE, "--run-dir", run, "--resume") for _ in range(2)]
     by_pid = {p.pid: p for p in both}
     try:
         # whichever takes the lock first is frozen (SIGSTOP keeps its lock) until the other
@@ -410,21 +424,23 @@ def test_two_trainers_on_one_run_exactly_one_runs(reference, tmp_path: Path) -> 
                 p.send_signal(signal.SIGCONT)
                 p.kill()
                 p.wait()
-    frames = [r["frames"] for r in metric_rows(run)]
-    assert len(frames) == len(set(frames)), "metrics.csv has duplicated rows"
-    assert_same_state(reference["state"], ckpt.load_checkpoint(run))
+    frames = [int(r["frames"]) for r in metric_rows(run)]
+    assert frames == list(range(PER_UPDATE, 8 * PER_UPDATE + 1, PER_UPDATE))  # one writer's rows
+    assert int(ckpt.load_checkpoint(run)["counters", "frames"]) == 8 * PER_UPDATE
 
 
 @pytest.mark.slow
-def test_sigkilled_run_does_not_block_its_own_resume(reference, tmp_path: Path) -> None:
+def test_sigkilled_run_does_not_block_its_own_resume(tmp_path: Path) -> None:
     run = tmp_path / "run"
     p = start("--frames", TOTAL, "--run-dir", run, "--checkpoint-every", 2 * PER_UPDATE)
     wait_for(lambda: latest(run) and lock_holder(run) == p.pid, p)
     p.kill()
     p.wait()
     assert lock_holder(run) == p.pid  # the dead holder's file remains, unlocked
-    train("--frames", TOTAL, "--run-dir", run, "--resume")
-    assert_same_state(reference["state"], ckpt.load_checkpoint(run))
+    at = int(latest(run))
+    train("--frames", at + 2 * PER_UPDATE, "--run-dir", run, "--resume")
+    assert latest(run) == f"{at + 2 * PER_UPDATE:012d}"
+    assert lock_holder(run) is None  # released cleanly this time
 
 
 # -- end to end: full disk -------------------------------------------------------------------

@@ -24,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -92,12 +93,24 @@ class RunLock:
             pid, host = _holder(fd)
             os.close(fd)
             raise RunDirInUse(self.run_dir, pid, host) from None
+        except OSError as e:  # a file system without flock (some network mounts): go on
+            os.close(fd)
+            print(
+                f"tdppo: warning: cannot lock {self.path} ({e.strerror}); a second trainer on "
+                "this run directory would not be refused",
+                file=sys.stderr,
+                flush=True,
+            )
+            return self
         except BaseException:
             os.close(fd)
             raise
         self.pid = os.getpid()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{self.pid} {self.host}\n".encode(), 0)
+        try:  # who holds it, for a refused second writer's message (optional: a full disk)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{self.pid} {self.host}\n".encode(), 0)
+        except OSError:
+            pass
         self._fd = fd
         _HELD_FDS.add(fd)
         return self
