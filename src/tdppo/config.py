@@ -32,7 +32,11 @@ class Config:
     """'torch' = tdppo's batched torch envs, 'gym' = TorchRL GymEnv over gymnasium,
     'auto' = torch when the id is built in."""
     num_envs: int = 8
-    """Environments stepped in parallel (one batch)."""
+    """Environments stepped in parallel (one batch, all processes together)."""
+    shards: int = 1
+    """Data-parallel shards of the env batch (divides num_envs): each shard's normalizer
+    moments are merged in shard order and each shard is shuffled alone, so a run depends on
+    shards, not on how many processes run them (torchrun --nproc_per_node=N, N dividing shards)."""
     normalize_obs: bool = True
     """Running observation normalization (gymnasium NormalizeObservation semantics)."""
     normalize_reward: bool = True
@@ -140,6 +144,13 @@ class Config:
                 f"num_envs x num_steps = {self.batch_size} is not divisible by "
                 f"minibatches = {self.minibatches}"
             )
+        if self.shards < 1 or self.num_envs % self.shards:
+            problems.append(f"shards = {self.shards} must be >= 1 and divide num_envs")
+        elif self.minibatches >= 1 and (self.batch_size // self.shards) % self.minibatches:
+            problems.append(
+                f"each shard's {self.batch_size // self.shards} samples are not divisible by "
+                f"minibatches = {self.minibatches}"
+            )
         if not 0.0 < self.gamma <= 1.0:
             problems.append(f"gamma must be in (0, 1] (got {self.gamma})")
         if not 0.0 <= self.gae_lambda <= 1.0:
@@ -221,7 +232,7 @@ RESUME_FIXED = (
     "env", "backend", "num_envs", "normalize_obs", "normalize_reward", "obs_clip",
     "reward_clip", "seed", "num_steps", "epochs", "minibatches", "lr", "anneal_frames",
     "adam_eps", "gamma", "gae_lambda", "clip_eps", "clip_vloss", "norm_adv", "ent_coef",
-    "vf_coef", "max_grad_norm", "hidden", "activation", "init_log_std",
+    "vf_coef", "max_grad_norm", "hidden", "activation", "init_log_std", "shards",
 )  # fmt: skip
 RESUME_MUTABLE = tuple(f.name for f in dataclasses.fields(Config) if f.name not in RESUME_FIXED)
 

@@ -29,6 +29,7 @@ from tensordict import TensorDict
 from tdppo import jit, nets, ppo
 from tdppo import random as trand
 from tdppo.config import Config
+from tdppo.distributed import Shards
 from tdppo.setup import Components
 from tdppo.state import STREAMS
 
@@ -45,7 +46,9 @@ def nonfinite_count(transforms: TensorDict) -> torch.Tensor:
     return torch.stack(counts).sum() if counts else torch.zeros((), dtype=torch.int64)
 
 
-def make_train_step(cfg: Config, parts: Components, *, members: bool = False) -> TrainStep:
+def make_train_step(
+    cfg: Config, parts: Components, *, members: bool = False, shards: Shards | None = None
+) -> TrainStep:
     """``step(state) -> (new_state, metrics)`` for ``cfg`` over the components of setup.
 
     ``state``: the TrainState (``tdppo.state`` layout, with ``hp``); with ``members`` every
@@ -57,11 +60,17 @@ def make_train_step(cfg: Config, parts: Components, *, members: bool = False) ->
     observations and rewards are finite and no normalizer skipped a non-finite batch) and
     ``params_finite`` (every new parameter is finite), each over all members.
 
+    ``shards`` (data parallel over processes, :mod:`tdppo.distributed`): ``state`` holds this
+    process's envs; the collectives sit in the env step (normalizer moments), the minibatch step
+    (advantage moments, gradients, metrics) and here (episode counts and returns, the
+    finiteness flags), so every process computes the same parameters, statistics and counters.
+
     The step's parts are compiled separately when ``cfg.compile`` (the env step, values + GAE,
     the minibatch step; ``--cudagraphs`` puts the minibatch step in CUDA graphs);
     ``step.compiled_parts`` lists them for :func:`tdppo.jit.captured`.
     """
     critic, collector = parts.critic, parts.collector
+    shards = shards or Shards()
     num_steps, anneal = cfg.num_steps, cfg.anneal_frames
     lead = 1 if members else 0  # member dims in front of each leaf
 
@@ -89,6 +98,7 @@ def make_train_step(cfg: Config, parts: Components, *, members: bool = False) ->
         compile=cfg.compile,
         mode="reduce-overhead" if cfg.cudagraphs else None,
         members=members,
+        shards=shards,
     )
 
     def step(state: TensorDict) -> tuple[TensorDict, TensorDict]:
@@ -140,8 +150,8 @@ def make_train_step(cfg: Config, parts: Components, *, members: bool = False) ->
         )
         # COUNTERS and METRICS (tensors; the driver reads them once per update)
         done = batch["next", "done"].flatten(lead)
-        n_done = done.sum(-1)
-        ep_return = (batch["next", "episode_reward"].flatten(lead) * done).sum(-1)
+        n_done = shards.sum(done.sum(-1))
+        ep_return = shards.sum((batch["next", "episode_reward"].flatten(lead) * done).sum(-1))
         new_counters = TensorDict(
             {
                 "frames": counters["frames"] + cfg.batch_size,
@@ -151,14 +161,14 @@ def make_train_step(cfg: Config, parts: Components, *, members: bool = False) ->
             },
             batch_size=counters.batch_size,
         )
-        rollout_finite = (
+        rollout_finite = shards.all(
             torch.isfinite(batch["next", "reward"]).all()
             & torch.isfinite(batch["next", "observation"]).all()
             & (nonfinite_count(tstate) == nonfinite_count(state["transforms"]))
         )
-        params_finite = torch.stack(
-            [torch.isfinite(v).all() for v in new_params.values(True, True)]
-        ).all()
+        params_finite = shards.all(
+            torch.stack([torch.isfinite(v).all() for v in new_params.values(True, True)]).all()
+        )
         metrics["lr"] = update_hp["lr"]
         metrics["episodes_done"] = n_done
         metrics["episode_return_mean"] = ep_return / n_done.clamp(min=1)

@@ -18,24 +18,28 @@ class MetricsLog:
 
     On resume, rows past the checkpoint's frame count (written by the interrupted run after
     its last checkpoint) are dropped, so the file reads as the uninterrupted run. A ``note``
-    column carries events such as a fallback to an older checkpoint.
+    column carries events such as a fallback to an older checkpoint. ``path=None`` logs
+    nothing (the processes of a data-parallel run other than rank 0).
     """
 
-    def __init__(self, path: Path, tensorboard_dir: Path | None = None):
+    def __init__(self, path: Path | None, tensorboard_dir: Path | None = None):
+        self._tb = None
+        self.enabled = path is not None
+        if not self.enabled:
+            return
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fields: list[str] | None = None
         if self.path.exists() and self.path.stat().st_size:
             with open(self.path, newline="") as f:
                 self._fields = next(csv.reader(f), None)
-        self._tb = None
         if tensorboard_dir is not None:
             from torchrl.record.loggers import TensorboardLogger
 
             self._tb = TensorboardLogger(exp_name="tdppo", log_dir=str(tensorboard_dir))
 
     def truncate_after(self, frames: int) -> None:
-        if not self.path.exists() or not self._fields:
+        if not self.enabled or not self.path.exists() or not self._fields:
             return
         with open(self.path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if _frames(r) <= frames]
@@ -47,6 +51,8 @@ class MetricsLog:
         tmp.replace(self.path)
 
     def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         if self._fields is None:
             self._fields = [*row.keys(), "note"]
             with open(self.path, "w", newline="") as f:
@@ -63,6 +69,8 @@ class MetricsLog:
                     self._tb.log_scalar(prefix + k, v, step=step)
 
     def note(self, message: str, frames: int | None = None) -> None:
+        if not self.enabled:
+            return
         row = {"note": message}
         if frames is not None:
             row["frames"] = frames

@@ -211,17 +211,28 @@ def _gaussian(dp: Mapping) -> bool:
     return "loc" in dp.keys()
 
 
-def sample(dp: Mapping, key: torch.Tensor) -> torch.Tensor:
+def sample(
+    dp: Mapping, key: torch.Tensor, rows: tuple[int, int] | None = None
+) -> torch.Tensor:
     """An action drawn with :mod:`tdppo.random` from a single (0-d) ``key``.
 
     Gaussian: ``loc + scale * normal(key, loc.shape)`` ``[*B, A]``; categorical:
     ``argmax(logits + gumbel(key, logits.shape))`` ``[*B]`` int64 (the Gumbel-max trick).
+    ``rows=(offset, total)``: the ``B`` rows are rows ``offset...`` of a batch of ``total``, and
+    draw that batch's noise (a shard samples what the whole batch would).
     """
+    ref = dp["loc"] if _gaussian(dp) else dp["logits"]
+    shape, lo = ref.shape, 0
+    if rows is not None:
+        lo, total = rows
+        shape = torch.Size((total, *ref.shape[1:]))
+    draw = tr.normal if _gaussian(dp) else tr.gumbel
+    noise = draw(key, shape, ref.dtype)
+    if rows is not None:
+        noise = noise[lo : lo + ref.shape[0]]
     if _gaussian(dp):
-        loc = dp["loc"]
-        return loc + dp["scale"] * tr.normal(key, loc.shape, loc.dtype)
-    logits = dp["logits"]
-    return torch.argmax(logits + tr.gumbel(key, logits.shape, logits.dtype), dim=-1)
+        return ref + dp["scale"] * noise
+    return torch.argmax(ref + noise, dim=-1)
 
 
 def log_prob(dp: Mapping, action: torch.Tensor) -> torch.Tensor:

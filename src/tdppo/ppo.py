@@ -37,6 +37,7 @@ from torchrl.modules import ProbabilisticActor, ValueOperator
 
 from tdppo import jit, nets
 from tdppo import random as tr
+from tdppo.distributed import Shards
 from tdppo.optim import adam_update
 
 __all__ = [
@@ -206,6 +207,7 @@ def make_minibatch_step(
     *,
     clip_vloss: bool = True,
     norm_adv: bool = True,
+    shards: Shards | None = None,
 ) -> Step:
     """``step(params, opt_state, minibatch, hp) -> (params, opt_state, metrics)``.
 
@@ -215,15 +217,27 @@ def make_minibatch_step(
     follow the inputs). Pure and free of data-dependent Python control flow: it compiles to one
     graph and ``torch.vmap``-s over a leading member dimension of ``params`` / ``opt_state`` /
     ``hp`` (and of the minibatch, or not).
+
+    With ``shards`` over several processes (:class:`tdppo.distributed.Shards`) the minibatch is
+    this process's part of a global one: advantages are normalized with the global moments,
+    the gradients are averaged over processes (one flat all-reduce) before clipping and Adam,
+    and the metrics are averaged too, so every process takes the same step.
     """
+    parallel = shards is not None and shards.world > 1
+    local_norm = norm_adv and not parallel
 
     def loss_fn(params, minibatch, hp):
-        return ppo_loss(actor, critic, params, minibatch, hp, clip_vloss, norm_adv)
+        return ppo_loss(actor, critic, params, minibatch, hp, clip_vloss, local_norm)
 
     grad_fn = torch.func.grad(loss_fn, has_aux=True)
 
     def step(params, opt_state, minibatch, hp):
+        if parallel and norm_adv:
+            minibatch = {**minibatch, "advantage": shards.normalize(minibatch["advantage"])}
         grads, metrics = grad_fn(params, minibatch, hp)
+        if parallel:
+            grads = shards.mean_tree(grads)
+            metrics = {k: shards.sum(v) / shards.world for k, v in metrics.items()}
         params, opt_state, grad_norm = adam_update(
             grads,
             opt_state,
@@ -261,6 +275,20 @@ def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return values[rows, index]
 
 
+def _shard_permutation(shards: Shards, minibatches: int) -> Callable:
+    """``permute(key, size)`` for a batch of ``shards.local`` equal shards: each shuffled by its
+    global shard id, then interleaved so that every minibatch takes a slice of each shard."""
+
+    def permute(key: torch.Tensor, size: int) -> torch.Tensor:
+        n = size // shards.local
+        ids = torch.arange(shards.first, shards.first + shards.local, device=key.device)
+        perm = tr.permutation(tr.fold_in(key.unsqueeze(-1), ids), n)  # [local, n]
+        perm = perm + n * torch.arange(shards.local, device=key.device).unsqueeze(-1)
+        return perm.view(shards.local, minibatches, n // minibatches).transpose(0, 1).reshape(-1)
+
+    return permute
+
+
 def make_update(
     actor: ProbabilisticActor,
     critic: ValueOperator,
@@ -272,6 +300,7 @@ def make_update(
     compile: bool = True,
     mode: str | None = None,
     members: bool = False,
+    shards: Shards | None = None,
 ) -> Update:
     """Build ``update(params, opt_state, batch, key, hp) -> (params, opt_state, metrics)``.
 
@@ -289,10 +318,22 @@ def make_update(
     ``torch.vmap``: each member its own shuffles, gradient clipping and hyperparameters.
 
     Inputs are not modified: the returned ``params`` / ``opt_state`` are new tensors in the
-    inputs' container types. ``metrics`` is a TensorDict (batch ``[]`` or ``[M]``) of
-    :data:`METRICS` averaged over all minibatch steps (read them on the host only when logging).
+    inputs' container types.
+
+    ``shards`` with ``count > 1``: the batch holds this process's ``shards.local`` shards, one
+    after the other; each shard is shuffled alone, by ``permutation(fold_in(fold_in(key, e),
+    s), n)`` for global shard ``s``, and minibatch ``i`` is every local shard's ``i``-th slice
+    (the minibatch step then averages over processes).
+
+    ``metrics`` is a TensorDict (batch ``[]`` or ``[M]``) of :data:`METRICS` averaged over all
+    minibatch steps (read them on the host only when logging).
     """
-    member_step = make_minibatch_step(actor, critic, clip_vloss=clip_vloss, norm_adv=norm_adv)
+    member_step = make_minibatch_step(
+        actor, critic, clip_vloss=clip_vloss, norm_adv=norm_adv, shards=shards
+    )
+    permute = tr.permutation
+    if shards is not None and shards.count > 1:
+        permute = _shard_permutation(shards, minibatches)
     step = member_step
     if members:
 
@@ -313,7 +354,7 @@ def make_update(
         p, o, h = _plain(params), _plain(opt_state), {k: hp[k] for k in UPDATE_HP}
         total = dict.fromkeys(METRICS, 0.0)
         for epoch in range(epochs):
-            perm = tr.permutation(tr.fold_in(key, epoch), size)
+            perm = permute(tr.fold_in(key, epoch), size)
             shuffled = {k: _take(v, perm) for k, v in data.items()}  # one gather per key
             for i in range(minibatches):
                 minibatch = {

@@ -41,6 +41,8 @@ from tdppo.transforms import (
 
 # a fused transform plan: (index in Compose, kind "obs" | "reward" | "sum", eps, clip)
 Plan = tuple[tuple[str, str, float, float | None], ...]
+# a data-parallel slice: (env offset, total envs, the normalizers' batch-moments function)
+Shard = tuple[int, int, Any]
 
 __all__ = ["FusedCollector", "GenericCollector", "fused_step", "make_collector", "policy_step_fn"]
 
@@ -59,9 +61,11 @@ def policy_step_fn(actor: torch.nn.Module):
     return step
 
 
-def _sample_action(actor: torch.nn.Module, params, obs: torch.Tensor, key: torch.Tensor):
+def _sample_action(
+    actor: torch.nn.Module, params, obs: torch.Tensor, key: torch.Tensor, rows=None
+):
     dp = nets.dist_params_dict(actor, params, obs)
-    action = nets.sample(dp, key)
+    action = nets.sample(dp, key, rows)
     return action, nets.log_prob(dp, action)
 
 
@@ -74,6 +78,7 @@ def fused_step(
     params: Mapping,
     key: torch.Tensor,
     env_key: torch.Tensor,
+    shard: Shard | None = None,
 ) -> tuple[dict, dict, dict]:
     """One vector step over ``E`` envs (one agent); pure, branch-free, over plain dicts.
 
@@ -85,6 +90,8 @@ def fused_step(
         tstate: ``TensorDict.from_module(env.transform).to_dict()``.
         params: the actor's params (``from_module`` layout). key: this step's policy key.
         env_key: the env's ``rng_key`` (0-d int64): picks its reset draws.
+        shard: when these ``E`` envs are a slice of a data-parallel batch:
+            ``(env_offset, total_envs, moments)`` (:mod:`tdppo.distributed`).
 
     Returns:
         ``(carry, tstate, transition)``: the transition holds ``observation``, ``action``,
@@ -92,7 +99,9 @@ def fused_step(
         ``truncated``, ``done``, ``episode_reward``), as the fused collector's batch does.
     """
     obs = carry["observation"]
-    action, logp = _sample_action(actor, params, obs, key)
+    offset, total, moments = shard if shard is not None else (0, obs.shape[0], None)
+    rows = (offset, total) if shard is not None else None
+    action, logp = _sample_action(actor, params, obs, key, rows)
     out = autoreset_step(
         dyn,
         env_key,
@@ -100,6 +109,7 @@ def fused_step(
         carry["step_count"].squeeze(-1),
         carry["episode"].squeeze(-1),
         action,
+        env_offset=offset,
     )
     terminated, truncated = out.terminated.unsqueeze(-1), out.truncated.unsqueeze(-1)
     done = terminated | truncated
@@ -113,14 +123,16 @@ def fused_step(
             continue
         ts = stats[i]
         if kind == "obs":
-            ts, next_obs = obs_norm_step(ts, next_obs, None, eps=eps, clip=clip, update=True)
+            ts, next_obs = obs_norm_step(
+                ts, next_obs, None, eps=eps, clip=clip, update=True, moments=moments
+            )
             ts, reset_obs = obs_norm_step(
-                ts, carry_obs, done.squeeze(-1), eps=eps, clip=clip, update=True
+                ts, carry_obs, done.squeeze(-1), eps=eps, clip=clip, update=True, moments=moments
             )
             carry_obs = torch.where(done, reset_obs, next_obs)
         else:
             ts, out_reward = reward_norm_step(
-                ts, out_reward, terminated, done, eps=eps, clip=clip, update=True
+                ts, out_reward, terminated, done, eps=eps, clip=clip, update=True, moments=moments
             )
         stats[i] = ts
     new_carry = {
@@ -163,6 +175,7 @@ class FusedCollector:
         policy_key: torch.Tensor,
         compile: bool,
         members: bool = False,
+        shard: Shard | None = None,
     ):
         base = env.base_env
         if not isinstance(base, TorchEnv):
@@ -190,7 +203,7 @@ class FusedCollector:
         self.consts, self.actor, dyn = consts, actor, self.dyn
 
         def member_env_step(carry, tstate, params, key, env_key):
-            return fused_step(consts, dyn, actor, carry, tstate, params, key, env_key)
+            return fused_step(consts, dyn, actor, carry, tstate, params, key, env_key, shard)
 
         def population_env_step(carry, tstate, params, key, env_key):
             return torch.vmap(member_env_step)(carry, tstate, params, key, env_key)
@@ -282,14 +295,15 @@ def make_collector(
     compile: bool,
     fused: bool | None = None,
     members: bool = False,
+    shard: Shard | None = None,
 ) -> FusedCollector | GenericCollector:
     """The fused collector when the pipeline allows it (``fused=None``), else the generic one
     (a population, ``members=True``, needs the fused one)."""
-    if members:
+    if members or shard is not None:
         fused = True
     if fused is not False:
         try:
-            return FusedCollector(env, actor, policy_key, compile, members=members)
+            return FusedCollector(env, actor, policy_key, compile, members=members, shard=shard)
         except NotImplementedError:
             if fused:
                 raise

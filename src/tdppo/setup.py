@@ -20,6 +20,7 @@ from torchrl.envs import TransformedEnv
 from tdppo import nets
 from tdppo import random as trand
 from tdppo.config import Config
+from tdppo.distributed import Shards, shard_moments
 from tdppo.envs import DYNAMICS, make_env
 from tdppo.optim import adam_init
 from tdppo.rollout import FusedCollector, GenericCollector, make_collector
@@ -74,12 +75,14 @@ def default_run_dir(cfg: Config, members: int | None = None) -> Path:
     return Path("runs") / f"{cfg.env}-{who}-{stamp}"
 
 
-def build_components(cfg: Config, device: torch.device):
+def build_components(cfg: Config, device: torch.device, shards: Shards | None = None):
     """``(env, actor, critic)``: the env pipeline and the networks, initialised from
-    ``cfg.seed`` (torch's global generator is left as it was)."""
+    ``cfg.seed`` (torch's global generator is left as it was). With data-parallel ``shards``
+    the env pipeline holds this process's envs only."""
+    shards = shards or Shards()
     env = make_env(
         cfg.env,
-        cfg.num_envs,
+        shards.local_envs(cfg.num_envs),
         device=device,
         backend=cfg.backend,
         normalize_obs=cfg.normalize_obs,
@@ -88,7 +91,12 @@ def build_components(cfg: Config, device: torch.device):
         seed=cfg.seed,
         obs_clip=cfg.obs_clip,
         reward_clip=cfg.reward_clip,
+        env_offset=shards.env_offset(cfg.num_envs),
     )
+    moments = shard_moments(shards)
+    for t in getattr(env.transform, "transforms", [env.transform]):
+        if hasattr(t, "moments"):
+            t.moments = moments  # the eager reset path merges shard moments like the step
     obs_dim = env.observation_spec["observation"].shape[-1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -139,18 +147,27 @@ def _carry_keys(collector: FusedCollector | GenericCollector, env: TransformedEn
 
 
 def init_state(
-    cfg: Config, device: torch.device, *, members: bool = False
+    cfg: Config, device: torch.device, *, members: bool = False, shards: Shards | None = None
 ) -> tuple[TensorDict, Components]:
     """The fresh single-agent TrainState of ``cfg`` and its live components.
 
     ``members=True`` builds the collector for a population (vmapped, fused envs only).
+    ``shards`` (data parallel): the state holds this process's envs; everything else is the
+    same on every process.
     """
-    env, actor, critic = build_components(cfg, device)
+    shards = shards or Shards()
+    env, actor, critic = build_components(cfg, device, shards)
     policy_key = trand.fold_in(trand.key(cfg.seed, device), STREAMS["policy"])
+    shard = None
+    if shards.count > 1:
+        shard = (shards.env_offset(cfg.num_envs), cfg.num_envs, shard_moments(shards))
     try:
-        collector = make_collector(env, actor, policy_key, cfg.compile, members=members)
+        collector = make_collector(
+            env, actor, policy_key, cfg.compile, members=members, shard=shard
+        )
     except NotImplementedError as e:
-        raise ValueError(f"a population needs the fused torch pipeline: {e}") from None
+        what = "a population" if members else "--shards > 1"
+        raise ValueError(f"{what} needs the fused torch pipeline (a built-in env): {e}") from None
     carry = env.reset()
     keys = _carry_keys(collector, env)
     carry = carry.select(*keys) if keys else carry.exclude("action", "sample_log_prob")

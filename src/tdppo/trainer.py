@@ -15,8 +15,11 @@ bottom::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -28,6 +31,14 @@ from tensordict import TensorDict
 from tdppo import checkpoint as ckpt
 from tdppo import jit, ppo
 from tdppo.config import RESUME_MUTABLE, Config, config_diff
+from tdppo.distributed import (
+    Shards,
+    any_process,
+    barrier,
+    gather_envs,
+    init_shards,
+    slice_envs,
+)
 from tdppo.evaluation import evaluate
 from tdppo.learner import make_train_step
 from tdppo.metrics import MetricsLog, Progress
@@ -93,24 +104,38 @@ def train(
         seeds, sweep = list(seeds if seeds is not None else [cfg.seed]), dict(sweep or {})
         members = member_configs(cfg, seeds, sweep)
         pop_meta = population_meta(seeds, sweep, members)
+    shards = init_shards(cfg.shards, cfg.num_envs, device)
+    if members is not None and shards.count > 1:
+        raise ValueError("a population runs in one process with --shards 1")
+    if shards.world > 1 and not cfg.run_dir:
+        raise ValueError("several processes need one --run-dir (their shared run directory)")
     run_dir = Path(cfg.run_dir or default_run_dir(cfg, len(members) if members else None))
+    if _restarted() and ckpt.list_checkpoints(run_dir):
+        cfg = dataclasses.replace(cfg, resume=True)  # torchrun --max-restarts: continue the run
     if cfg.resume and not run_dir.is_dir():
         raise FileNotFoundError(f"--resume: no run directory {run_dir}")
     set_threads(cfg.threads, device)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir) if shards.rank == 0 else contextlib.nullcontext()
     try:
-        with RunLock(run_dir), StopOnSignal() as stop:
-            return _run(cfg, device, run_dir, members, pop_meta, stop)
+        with lock, StopOnSignal() as stop:
+            return _run(cfg, device, run_dir, members, pop_meta, stop, shards)
     except BaseException:
-        if created and not any(p.name != ".lock" for p in run_dir.iterdir()):
+        if created and shards.rank == 0 and not any(p.name != ".lock" for p in run_dir.iterdir()):
             for p in run_dir.iterdir():
                 p.unlink()
             run_dir.rmdir()  # a fresh run that failed before writing anything leaves nothing
         raise
 
 
-def _run(cfg, device, run_dir: Path, members, pop_meta, stop: StopOnSignal) -> TensorDict:
+def _restarted() -> bool:
+    """Whether torchrun restarted this worker (``--max-restarts``) after a failure."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+def _run(cfg, device, run_dir: Path, members, pop_meta, stop, shards: Shards) -> TensorDict:
+    lead = shards.rank == 0  # the process that writes files and talks
     # -- RESUME: read and verify before building anything ---------------------------------------
     saved = skipped = path = None
     changed: list[str] = []
@@ -121,7 +146,7 @@ def _run(cfg, device, run_dir: Path, members, pop_meta, stop: StopOnSignal) -> T
         )
     if cfg.resume:
         path, skipped = ckpt.resolve(run_dir)
-        for bad, why in skipped:
+        for bad, why in skipped if lead else ():
             _warn(f"skipping damaged checkpoint {bad}: {why}")
         saved = ckpt.load_checkpoint(path, device=device)
         saved_cfg = ckpt.read_manifest(path)["config"]
@@ -150,12 +175,16 @@ def _run(cfg, device, run_dir: Path, members, pop_meta, stop: StopOnSignal) -> T
     if members is not None:
         state, parts = init_population(members, cfg, pop_meta, device)
     else:
-        state, parts = init_state(cfg, device)
-    step = make_train_step(cfg, parts, members=members is not None)
+        state, parts = init_state(cfg, device, shards=shards)
+    step = make_train_step(cfg, parts, members=members is not None, shards=shards)
+    if not lead:
+        cfg = dataclasses.replace(cfg, quiet=True, eval_episodes=0)
     log = MetricsLog(
-        run_dir / "metrics.csv", tensorboard_dir=run_dir / "tb" if cfg.tensorboard else None
+        run_dir / "metrics.csv" if lead else None,
+        tensorboard_dir=run_dir / "tb" if cfg.tensorboard and lead else None,
     )
     if saved is not None:
+        saved = slice_envs(saved, shards, cfg.num_envs)
         ckpt.check_compatible(state, saved, source=str(path))
         state.exclude("meta").update_(saved.exclude("meta"))
         state["meta"] = saved["meta"]
@@ -172,7 +201,8 @@ def _run(cfg, device, run_dir: Path, members, pop_meta, stop: StopOnSignal) -> T
                 f"resumed with {', '.join(changed)}: the run goes on, but bit-exactness with the "
                 "uninterrupted run is no longer promised"
             )
-            _warn(msg)
+            if lead:
+                _warn(msg)
             log.note(msg, frames=frames_at)
         _say(cfg, f"tdppo: resumed {run_dir} at {frames_at} frames")
     else:
@@ -205,22 +235,21 @@ def _run(cfg, device, run_dir: Path, members, pop_meta, stop: StopOnSignal) -> T
             for row in rows:
                 log.write(row)
             progress.update(rows[0]["frames"], {**rows[0], "sps": rows[-1]["sps"]})
-        if stop.requested:
-            saved_path = _save(state, run_dir, cfg, parts)
+        if any_process(stop.requested is not None, shards):
+            signum = stop.requested or signal.SIGTERM  # another process was signalled
+            saved_path = _save(state, run_dir, cfg, parts, shards)
             progress.close()
-            log.note(f"stopped by {stop.requested}", frames=_frames(state))
+            log.note(f"stopped by {signal.Signals(signum).name}", frames=_frames(state))
             log.close()
-            raise Preempted(
-                stop.requested, frames=_frames(state), checkpoint=saved_path, run_dir=run_dir
-            )
+            raise Preempted(signum, frames=_frames(state), checkpoint=saved_path, run_dir=run_dir)
         if ckpt_iters and it % ckpt_iters == 0 and it < total_iters:
-            _save(state, run_dir, cfg, parts)
+            _save(state, run_dir, cfg, parts, shards)
             last_saved = _frames(state)
 
     # -- FINISH ----------------------------------------------------------------------------------
     progress.close()
     if last_saved != _frames(state):
-        path = _save(state, run_dir, cfg, parts)
+        path = _save(state, run_dir, cfg, parts, shards)
     else:
         path = run_dir / "checkpoints"
     log.close()
@@ -345,11 +374,20 @@ def _restart_episodes(parts: Components, state: TensorDict, frames: int) -> None
     state["meta", "resume_reset_episodes"] = prev + 1
 
 
-def _save(state: TensorDict, run_dir: Path, cfg: Config, parts: Components) -> Path:
+def _save(
+    state: TensorDict, run_dir: Path, cfg: Config, parts: Components, shards: Shards
+) -> Path:
+    """Write a checkpoint (several processes: their envs gathered, rank 0 writes)."""
     base = parts.env.base_env
     if hasattr(base, "capture_state"):
         base.capture_state()  # simulators outside the state (gym backend) into its buffers
     state["meta", "saved_unix"] = torch.tensor(time.time(), dtype=torch.float64)
-    return ckpt.save_checkpoint(
-        run_dir, state, frames=_frames(state), config=cfg.to_dict(), keep=cfg.keep
-    )
+    full = gather_envs(state, shards)
+    frames = _frames(state)
+    path = run_dir / "checkpoints" / f"{frames:012d}"
+    if shards.rank == 0:
+        path = ckpt.save_checkpoint(
+            run_dir, full, frames=frames, config=cfg.to_dict(), keep=cfg.keep
+        )
+    barrier(shards)  # no process runs ahead of a checkpoint that may be its resume point
+    return path

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import inspect
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -41,14 +41,27 @@ __all__ = ["RunningObservationNorm", "RunningRewardNorm", "obs_norm_step", "rewa
 
 _F64 = torch.float64
 
+Moments = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+"""``(x, event_ndim, mask, finite) -> (mean, var, count, finite)``: batch moments of a batch."""
+
 
 def _gated_update(
-    state: TensorDict, x: torch.Tensor, mask: torch.Tensor | None, finite: torch.Tensor
-) -> dict[str, torch.Tensor]:
+    state: TensorDict,
+    x: torch.Tensor,
+    mask: torch.Tensor | None,
+    finite: torch.Tensor,
+    moments: Moments | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Merge the batch ``x`` (``[*B, *shape]``, rows selected by ``mask``) into the statistics
-    unless ``frozen`` or a counted value is non-finite; count skipped batches. Branch-free."""
+    unless ``frozen`` or a counted value is non-finite; count skipped batches. Branch-free.
+
+    ``moments`` (see :func:`tdppo.distributed.shard_moments`) replaces the whole-batch moments
+    for a sharded batch; it also makes ``finite`` global. Returns ``(new leaves, finite)``."""
     mean, var, count, nonfinite = state["mean"], state["var"], state["count"], state["nonfinite"]
-    b_mean, b_var, b_count = stats._batch_moments(x, mean.ndim, mask)
+    if moments is None:
+        b_mean, b_var, b_count = stats._batch_moments(x, mean.ndim, mask)
+    else:
+        b_mean, b_var, b_count, finite = moments(x, mean.ndim, mask, finite)
     n_mean, n_var, n_count = stats._merge_moments(mean, var, count, b_mean, b_var, b_count)
     allowed = ~state["frozen"]
     do = allowed & finite & (b_count > 0)  # an empty mask leaves everything bit-exact
@@ -57,7 +70,7 @@ def _gated_update(
         "var": torch.where(do, n_var, var),
         "count": torch.where(do, n_count, count),
         "nonfinite": nonfinite + (allowed & ~finite).to(nonfinite.dtype),
-    }
+    }, finite
 
 
 def _with(state: TensorDict, new: dict[str, torch.Tensor]) -> TensorDict:
@@ -74,6 +87,7 @@ def obs_norm_step(
     eps: float,
     clip: float | None,
     update: bool,
+    moments: Moments | None = None,
 ) -> tuple[TensorDict, torch.Tensor]:
     """One observation-normalizer step: count the selected rows once, then normalize all rows.
 
@@ -88,6 +102,8 @@ def obs_norm_step(
         eps: under the square root. clip: clamp the output to ``[-clip, clip]`` if given.
         update: static flag (training mode); ``False`` never updates. ``state["frozen"]`` is
             honoured too, with ``torch.where``.
+        moments: the batch moments of a sharded batch (:func:`tdppo.distributed.shard_moments`);
+            ``None``: the whole batch's.
 
     Returns:
         ``(new_state, out)``: a new TensorDict (inputs untouched) and ``[*B, *shape]`` in
@@ -100,7 +116,7 @@ def obs_norm_step(
         counted = obs
         if mask is not None:
             counted = torch.where(mask.reshape(mask.shape + (1,) * state["mean"].ndim), obs, 0)
-        new = _gated_update(state, obs, mask, torch.isfinite(counted).all())
+        new, _ = _gated_update(state, obs, mask, torch.isfinite(counted).all(), moments)
     mean = new.get("mean", state["mean"])
     std = torch.sqrt(new.get("var", state["var"]) + eps)
     out = (obs.to(_F64) - mean) / std
@@ -121,6 +137,7 @@ def reward_norm_step(
     eps: float,
     clip: float | None,
     update: bool,
+    moments: Moments | None = None,
 ) -> tuple[TensorDict, torch.Tensor]:
     """One reward-normalizer step with gymnasium's same-step-autoreset semantics.
 
@@ -134,7 +151,7 @@ def reward_norm_step(
             ``[]``, ``nonfinite`` int64 ``[]``.
         reward: ``[*B, 1]`` (any shape with ``acc.numel()`` elements is reshaped to it).
         terminated, done: bool, as many elements as ``reward``.
-        eps, clip, update: as in :func:`obs_norm_step`.
+        eps, clip, update, moments: as in :func:`obs_norm_step`.
 
     Returns:
         ``(new_state, out)``, ``out`` shaped and typed like ``reward``. A non-finite reward
@@ -145,7 +162,9 @@ def reward_norm_step(
     r = reward.to(_F64).reshape(acc.shape)
     acc_new = acc * state["gamma"] * (~terminated.reshape(acc.shape)).to(_F64) + r
     finite = torch.isfinite(r).all()
-    new = _gated_update(state, acc_new.reshape(-1), None, finite) if update else {}
+    new = {}
+    if update:
+        new, finite = _gated_update(state, acc_new.reshape(-1), None, finite, moments)
     out = r / torch.sqrt(new.get("var", state["var"]) + eps)
     if clip is not None:
         out = out.clamp(-clip, clip)
@@ -199,6 +218,9 @@ class _StatefulNorm:
     """Mixin: freeze/unfreeze, finiteness policy, buffer state, strict state-dict loading."""
 
     nan_policy: str
+    moments: Moments | None = None
+    """Batch moments of a sharded, data-parallel batch (:func:`tdppo.distributed.shard_moments`);
+    ``None``: the whole batch's. A plain attribute: it describes the run, not the statistics."""
 
     def _register_common(self, nan_policy: str) -> None:
         self.nan_policy = nan_policy
@@ -390,8 +412,9 @@ class RunningObservationNorm(_StatefulNorm, ObservationNorm):
         else:
             self._check_finite(key, obs)
         new_state, out = obs_norm_step(
-            self._state(), obs, mask, eps=self.eps, clip=self.clip, update=self.training
-        )
+            self._state(), obs, mask, eps=self.eps, clip=self.clip, update=self.training,
+            moments=self.moments,
+        )  # fmt: skip
         self._write_back(new_state)
         return out
 
@@ -536,8 +559,9 @@ class RunningRewardNorm(_StatefulNorm, Transform):
             )
         self._check_finite(key, reward)
         new_state, out = reward_norm_step(
-            self._state(), reward, *flags, eps=self.eps, clip=self.clip, update=self.training
-        )
+            self._state(), reward, *flags, eps=self.eps, clip=self.clip, update=self.training,
+            moments=self.moments,
+        )  # fmt: skip
         self._write_back(new_state)
         next_tensordict.set(key, out)
         return next_tensordict

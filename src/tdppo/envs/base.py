@@ -126,6 +126,7 @@ def autoreset_step(
     step_count: Tensor,
     episode: Tensor,
     action: Tensor,
+    env_offset: int = 0,
 ) -> AutoresetStep:
     """Pure, branch-free step of a batch of envs, resetting the done ones in place.
 
@@ -135,7 +136,8 @@ def autoreset_step(
         state: ``[*B, state_dim]``; step_count, episode: int64 ``[*B]``.
         action: int64 ``[*B]`` (discrete) or ``[*B, action_dim]`` (continuous).
 
-    Env ``i`` is the flat index into ``*B``. Time limit: ``truncated = step_count + 1 >=
+    Env ``i`` is ``env_offset`` plus the flat index into ``*B`` (a shard of a larger batch
+    draws its resets as the whole batch would). Time limit: ``truncated = step_count + 1 >=
     max_episode_steps`` (gymnasium's ``TimeLimit``).
     """
     next_state, reward, terminated = dynamics.step(state, action)
@@ -145,7 +147,7 @@ def autoreset_step(
     next_obs = dynamics.observe(next_state)
     episode = episode + done.to(torch.int64)
     batch = episode.shape
-    env_index = torch.arange(episode.numel(), device=episode.device).view(batch)
+    env_index = env_offset + torch.arange(episode.numel(), device=episode.device).view(batch)
     reset_state = dynamics.initial_state(
         reset_uniforms(env_key, env_index, episode, dynamics.state_dim, state.dtype)
     )
@@ -195,7 +197,9 @@ class TorchEnv(EnvBase):
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         seed: int | None = None,
+        env_offset: int = 0,
     ) -> None:
+        self.env_offset = int(env_offset)
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
         if dtype not in (torch.float32, torch.float64):
@@ -267,7 +271,7 @@ class TorchEnv(EnvBase):
         else:
             mask = mask.reshape(n)
             episode = prev_episode + mask.to(torch.int64)
-        env_index = torch.arange(n, device=self.device)
+        env_index = self.env_offset + torch.arange(n, device=self.device)
         state = dyn.initial_state(
             reset_uniforms(self.rng_key, env_index, episode, dyn.state_dim, self.float_dtype)
         )

@@ -152,6 +152,7 @@ def make_env(
     dtype: torch.dtype = torch.float32,
     obs_clip: float = 10.0,
     reward_clip: float = 10.0,
+    env_offset: int = 0,
 ) -> TransformedEnv:
     """A batch of ``num_envs`` envs of ``env_id`` with tdppo's transform stack.
 
@@ -167,6 +168,8 @@ def make_env(
         gamma: discount of the reward normalizer's return.
         seed: seeds the env (``None``: from torch's global generator for the torch envs).
         dtype: float dtype of the torch envs (float64 only with backend "torch").
+        env_offset: these envs are envs ``env_offset...`` of a larger, data-parallel batch
+            (their reset draws are those envs'; backend "torch").
 
     Returns:
         ``TransformedEnv`` with batch size ``[num_envs]``; ``episode_reward`` ``[B, 1]`` holds
@@ -183,7 +186,9 @@ def make_env(
         from tdppo.envs import DYNAMICS
         from tdppo.envs.base import TorchEnv
 
-        base: EnvBase = TorchEnv(DYNAMICS[env_id], num_envs, device=device, dtype=dtype, seed=seed)
+        base: EnvBase = TorchEnv(
+            DYNAMICS[env_id], num_envs, device=device, dtype=dtype, seed=seed, env_offset=env_offset
+        )
     else:
         base = _gym_env(env_id, num_envs, device)
         if seed is not None:
