@@ -11,10 +11,10 @@
 # only, no network; CUDA parts skipped, their command lines smoke-tested on CPU):
 #   bash scripts/rehearse_device_check.sh
 #
-# Parts (each under `timeout`, all within BUDGET seconds, 450 by default; SLOW=k multiplies
+# Parts (each under `timeout`, all within BUDGET seconds, 465 by default; SLOW=k multiplies
 # each part's limit):
 #   env        versions, device, tdppo import
-#   tests      pytest tests/test_gpu.py (CUDA tests; CPU-reachable device paths)
+#   tests      pytest -m gpu tests/test_gpu.py (without CUDA: the whole file, CPU-reachable paths)
 #   pendulum   training SPS at 4,096 Pendulum-v1 envs x 64 steps, CUDA graphs off and on
 #   population 256 vmapped Pendulum-v1 agents (--seeds 0-255), total training SPS
 #   cartpole   CartPole-v1 preset (100k frames), then `tdppo eval` of 10 episodes
@@ -25,7 +25,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 START=$SECONDS
-BUDGET=${BUDGET:-450}
+BUDGET=${BUDGET:-465}
 SLOW=${SLOW:-1} # multiplies each part's limit (the rehearsal, on a shared CPU, sets more)
 PY=${PYTHON:-python3}
 SITE=${SITE:-/tmp/site}
@@ -148,10 +148,13 @@ CUDA=0
 grep -qx CUDA "$WORK/env.log" && CUDA=1
 
 # -- tests -----------------------------------------------------------------------------------
-if part tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py; then
+# With CUDA: the gpu-marked tests (the CPU-reachable ones ran in the rehearsal and run in CI).
+MARK=(-m gpu)
+((CUDA)) || MARK=()
+if part tests 150 "$PY" -m pytest -q -p no:cacheprovider "${MARK[@]}" tests/test_gpu.py; then
   summary=$(grep -E '[0-9]+ (passed|skipped)' "$WORK/tests.log" | tail -n 1)
   if ((CUDA)); then
-    say "- **tests**: ok, tests/test_gpu.py: $summary [${LAST_S}s]"
+    say "- **tests**: ok, pytest -m gpu tests/test_gpu.py: $summary [${LAST_S}s]"
   else
     say "- **tests**: ok, tests/test_gpu.py: $summary (the CUDA ones skipped: no CUDA)" \
       "[${LAST_S}s]"
