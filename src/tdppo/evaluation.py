@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torchrl.envs.utils import step_mdp
 
 from tdppo import random as trand
 from tdppo.envs import make_env
@@ -45,13 +44,12 @@ def evaluate(
     t = 0
     while not bool(finished.all()):
         td["action"] = policy(td["observation"], trand.fold_in(key, t))
-        td = env.step(td)
-        r = td["next", "reward"].reshape(episodes).to(torch.float64)
-        d = td["next", "done"].reshape(episodes)
+        out, td = env.step_and_maybe_reset(td)  # a finished env restarts (masked below)
+        r = out["next", "reward"].reshape(episodes).to(torch.float64)
+        d = out["next", "done"].reshape(episodes)
         returns += torch.where(finished, 0.0, r)
         lengths += (~finished).long()
         finished |= d
-        td = step_mdp(td)
         t += 1
     env.close()
     rets = returns.cpu().tolist()

@@ -32,6 +32,7 @@ from torchrl.envs.transforms import Compose, RewardSum
 from tdppo import jit, nets
 from tdppo import random as trand
 from tdppo.envs.base import Dynamics, TorchEnv, autoreset_step
+from tdppo.envs.gym_fast import GymFastCollector
 from tdppo.transforms import (
     RunningObservationNorm,
     RunningRewardNorm,
@@ -307,4 +308,8 @@ def make_collector(
         except NotImplementedError:
             if fused:
                 raise
+        try:  # gymnasium's vector env stepped directly, one compiled call per vector step
+            return GymFastCollector(env, actor, policy_key, compile)
+        except NotImplementedError:
+            pass
     return GenericCollector(env, actor, policy_key, compile)
