@@ -20,16 +20,7 @@ from tdppo.envs.cartpole import CartPoleDynamics
 from tdppo.envs.make import make_env
 from tdppo.envs.mountain_car import MountainCarContinuousDynamics
 from tdppo.envs.pendulum import PendulumDynamics
-
-DYNAMICS: dict[str, Dynamics] = {
-    d.env_id: d
-    for d in (
-        PendulumDynamics(),
-        CartPoleDynamics(),
-        AcrobotDynamics(),
-        MountainCarContinuousDynamics(),
-    )
-}
+from tdppo.envs.registry import DYNAMICS
 
 __all__ = [
     "DYNAMICS",

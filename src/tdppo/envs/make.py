@@ -18,14 +18,17 @@ import torch
 from torchrl.envs import EnvBase, GymEnv, TransformedEnv
 from torchrl.envs.transforms import Compose, DoubleToFloat, RewardSum
 
+from tdppo.envs import gym_state
+from tdppo.envs.base import TorchEnv
+from tdppo.envs.registry import DYNAMICS
+from tdppo.transforms import RunningObservationNorm, RunningRewardNorm
+
 __all__ = ["make_env", "BACKENDS"]
 
 BACKENDS = ("auto", "torch", "gym")
 
 
 def _builtin_ids() -> list[str]:
-    from tdppo.envs import DYNAMICS
-
     return list(DYNAMICS)
 
 
@@ -95,7 +98,6 @@ class _GymEnv(GymEnv):
 
     def enable_state_capture(self) -> bool:
         """Register the state buffers and the capture/restore methods if the env allows it."""
-        from tdppo.envs import gym_state
 
         self.state_unsupported = gym_state.unsupported_reason(self._env)
         if self.state_unsupported is not None:
@@ -115,13 +117,11 @@ class _GymEnv(GymEnv):
 
     def _capture_state(self) -> None:
         """Copy every sub-env's state (simulator, RNG, wrappers) into the buffers, in place."""
-        from tdppo.envs import gym_state
 
         gym_state.capture(self._env, self._state_layout, *self._state_buffers())
 
     def _restore_state(self) -> None:
         """Set every sub-env's state from the buffers (as ``capture_state`` wrote them)."""
-        from tdppo.envs import gym_state
 
         gym_state.restore(self._env, self._state_layout, *self._state_buffers())
 
@@ -179,12 +179,8 @@ def make_env(
         ValueError: unknown id, a backend that cannot run it, or a bad ``num_envs``, with a
             one-line message saying what is accepted.
     """
-    from tdppo.transforms import RunningObservationNorm, RunningRewardNorm
-
     resolved = _check_args(env_id, num_envs, backend, dtype)
     if resolved == "torch":
-        from tdppo.envs import DYNAMICS
-        from tdppo.envs.base import TorchEnv
 
         base: EnvBase = TorchEnv(
             DYNAMICS[env_id], num_envs, device=device, dtype=dtype, seed=seed, env_offset=env_offset
