@@ -13,9 +13,12 @@ the next step starts from, physical state, step counts, episode counters and ret
   the env dynamics, the transforms' pure functions and the in-batch partial reset are fused in
   one function, compiled with ``torch.compile``; no host sync per step. It is the same
   pipeline as the ``TransformedEnv`` (a test steps both and compares), without TorchRL's
-  per-step Python (``EnvBase.step`` costs ~0.7 ms here, the fused step ~0.1 ms).
-- :class:`GenericCollector` (any ``TransformedEnv``, e.g. TorchRL ``GymEnv``): TorchRL's
-  ``step_and_maybe_reset`` with the (optionally compiled) policy step.
+  per-step Python (README, Performance, has the measured costs).
+- :class:`tdppo.envs.gym_fast.GymFastCollector` (the gym backend): gymnasium's vector env
+  stepped directly on numpy, converted once, with the normalizers and the policy in one
+  compiled call per vector step.
+- :class:`GenericCollector` (any other ``TransformedEnv``): TorchRL's ``step_and_maybe_reset``
+  with the (optionally compiled) policy step.
 """
 
 from __future__ import annotations
