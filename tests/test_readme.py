@@ -1,7 +1,8 @@
 """README.md's own commands, run as printed (small), so the README and the code cannot drift.
 
 Extracted: every line of every fenced code block (``\\`` continuations joined, ``# comments``
-dropped) and every inline code span that is a ``tdppo`` command. Each is one of:
+dropped) and every inline code span that is a ``tdppo`` or ``python -m benchmarks`` command.
+Each is one of:
 
 - a bracketed usage synopsis (a block whose first command has ``[--flag ...]``): not run, but
   every ``--flag`` it names must be a flag of that subcommand;
@@ -13,7 +14,11 @@ dropped) and every inline code span that is a ``tdppo`` command. Each is one of:
   come from the saved run, as the README promises);
 - ``make TARGET``: the Makefile must have the target (``make test`` is not run recursively);
 - ``pip install -e .[extra]``: pyproject.toml must define the extra;
-- ```` ```python ```` blocks: run in a subprocess, with ``tdppo.train``'s frames made small.
+- ``python -m benchmarks NAME ...`` (minutes each): the harness's parser must accept it;
+- ``bash X.sh`` (scripts for the GPU machine or the network): X.sh must exist and parse;
+- ```` ```python ```` blocks that import tdppo: run in a subprocess, with ``tdppo.train``'s
+  frames made small; a block without an import is a fragment of the API shown in the prose
+  around it, and must compile.
 
 Anything else fails the test: a new README command must be taught here, never skipped.
 """
@@ -82,7 +87,7 @@ def _fences(text: str):
 
 
 def _is_command(line: str) -> bool:
-    return bool(re.match(r"(tdppo|python3? -m (tdppo|pip)|make|pip)(\s|$)", line))
+    return bool(re.match(r"(tdppo|python3? -m (tdppo|pip|benchmarks)|make|pip|bash)(\s|$)", line))
 
 
 def extract(text: str) -> list[Command | PythonBlock]:
@@ -114,7 +119,9 @@ def extract(text: str) -> list[Command | PythonBlock]:
             out.append((n, Command(cmd, where, synopsis=synopsis)))
     for n, line in prose:
         for span in re.findall(r"`([^`]+)`", line):
-            if re.match(r"(tdppo|python3? -m tdppo) (train|eval|inspect)\b", span):
+            cli = re.match(r"(tdppo|python3? -m tdppo) (train|eval|inspect) \S", span)
+            bench = re.match(r"python3? -m benchmarks \w", span)  # not `... <name> [...]`
+            if cli or bench:
                 out.append((n, Command(span, f"README.md:{n} (inline)")))
     return [c for _, c in sorted(out, key=lambda t: t[0])]
 
@@ -168,6 +175,10 @@ class Session:
             return _check_make(tokens[1:], cmd)
         if tokens[0] == "pip" or tokens[:4] == ["python", "-m", "pip", "install"]:
             return _check_pip(tokens, cmd)
+        if tokens[0] == "bash":
+            return _check_bash(tokens[1:], cmd)
+        if tokens[1:3] == ["-m", "benchmarks"]:
+            return _check_benchmark(tokens[3:], cmd)
         assert tokens[0] in ("tdppo", "python", "python3"), f"{cmd.where}: {cmd.text}"
         exe = self.exe(tokens)
         args = tokens[1:] if tokens[0] == "tdppo" else tokens[3:]
@@ -270,6 +281,30 @@ def _check_make(targets: list[str], cmd: Command) -> None:
         assert t in defined, f"{cmd.where}: `{cmd.text}`: the Makefile has no target {t!r}"
 
 
+def _check_bash(args: list[str], cmd: Command) -> None:
+    # Scripts for another machine (the GPU one) or the network: not run, but they must exist
+    # and parse.
+    assert args and args[0].endswith(".sh"), f"{cmd.where}: `{cmd.text}`: expected bash X.sh"
+    script = ROOT / args[0]
+    assert script.is_file(), f"{cmd.where}: `{cmd.text}`: {args[0]} does not exist"
+    p = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert p.returncode == 0, f"{cmd.where}: {args[0]} does not parse: {p.stderr[-1000:]}"
+
+
+def _check_benchmark(args: list[str], cmd: Command) -> None:
+    # Benchmarks take minutes: the name and flags must be ones the harness accepts.
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from benchmarks.__main__ import parser
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            parser().parse_known_args([a for a in args if a not in RUN_PLACEHOLDERS])
+        except SystemExit as e:
+            raise AssertionError(f"{cmd.where}: `{cmd.text}`: {err.getvalue().strip()}") from e
+
+
 def _check_pip(tokens: list[str], cmd: Command) -> None:
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
@@ -315,7 +350,13 @@ _t.train = _small
 
 
 def _run_python(block: PythonBlock, cwd: Path) -> None:
-    code = PRELUDE + "\n" + textwrap.dedent(block.code)
+    code = textwrap.dedent(block.code)
+    if not re.search(r"^(import|from) tdppo\b", code, flags=re.M):
+        # A fragment that shows a piece of the API (no import: its names come from the
+        # prose around it): it must at least be valid Python.
+        compile(code, block.where, "exec")
+        return
+    code = PRELUDE + "\n" + code
     p = subprocess.run(
         [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, env=ENV
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import inspect
+import difflib
 import io
 import json
 import os
@@ -62,6 +62,7 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+_OWN_FLAGS = ("--seeds", "--sweep")  # parsed before tyro (not Config fields)
 _RULE = re.compile(r"^[\s\-\u2500-\u257f]*$")  # box-drawing and dash-only lines
 
 
@@ -86,14 +87,15 @@ def _one_line(text: str) -> str:
     msg = re.sub(r"\s+", " ", msg).strip() or "invalid arguments (see tdppo train --help)"
     rest = [ln for sec in sections[1:] for ln in sec]
     meant = [i for i, ln in enumerate(rest) if ln.startswith("Perhaps you meant")]
+    flags = []
     if meant:  # candidate flags start their lines; their descriptions are indented below
-        flags = [
-            ln.split()[0]
-            for ln in rest[meant[0] + 1 :]
-            if ln.startswith("--") and ln.split()[0] != "--help"
-        ]
-        if flags:
-            msg += f" (did you mean {' or '.join(dict.fromkeys(flags[:3]))}?)"
+        flags = [re.match(r"--[\w-]+", ln)[0] for ln in rest[meant[0] + 1 :] if ln.startswith("--")]
+    if msg.startswith("Unrecognized options"):  # the flags tyro does not parse
+        typed = re.findall(r"--[\w-]+", msg)
+        flags += [f for t in typed for f in difflib.get_close_matches(t, _OWN_FLAGS, 1)]
+    flags = [f for f in dict.fromkeys(flags) if f != "--help"][:3]
+    if flags:
+        msg += f" (did you mean {' or '.join(flags)}?)"
     return msg
 
 
@@ -159,34 +161,12 @@ def parse_train(argv: list[str]) -> tuple[Config, list[int] | None, dict | None]
 
 def _train(argv: list[str]) -> int:
     cfg, seeds, sweep = parse_train(argv)
-    from tdppo import trainer
+    from tdppo.trainer import train
 
-    if "seeds" in inspect.signature(trainer.train).parameters:
-        kw = {k: v for k, v in (("seeds", seeds), ("sweep", sweep)) if v}
-        trainer.train(cfg, **kw)
-        return 0
-    # Until trainer.train takes seeds=/sweep= (the driver rewrite): the population module.
-    if cfg.resume and seeds is None and not sweep:
-        seeds, sweep = _saved_population(cfg.run_dir)
-    if seeds is None and not sweep:
-        trainer.train(cfg)
-        return 0
-    from tdppo.population import train_population
-
-    train_population(cfg, seeds if seeds is not None else [cfg.seed], sweep)
+    # seeds/sweep None on resume: the driver continues the run's own members (if any), and
+    # compares them with the ones typed otherwise.
+    train(cfg, seeds=seeds, sweep=sweep)
     return 0
-
-
-def _saved_population(run_dir: str) -> tuple[list[int] | None, dict | None]:
-    """The seeds and sweep of the population saved in ``run_dir`` ((None, None): one agent)."""
-    from tdppo import checkpoint as ckpt
-    from tdppo.state import tensor_json
-
-    path, _ = ckpt.resolve(run_dir)
-    if not any("population_json" in f for f in ckpt.read_manifest(path)["files"]):
-        return None, None
-    pop = tensor_json(ckpt.load_checkpoint(path)["meta", "population_json"])
-    return pop["seeds"], pop["sweep"] or None
 
 
 def _parse_seeds(spec: str) -> list[int]:
