@@ -3,6 +3,16 @@
 ``torch.compile`` of a function it cannot trace (a vmapped function, say) may capture no graph
 and run eagerly without a word; :func:`captured` reads dynamo's cache to tell.
 
+Compiled code is kept across processes in torch's own caches (inductor's FX graph cache and
+AOTAutograd's cache, both on by default in torch 2.13), in one stable folder,
+:func:`cache_dir`: ``$TORCHINDUCTOR_CACHE_DIR`` when set (a user's own setting is never
+changed), else ``$TDPPO_CACHE_DIR/inductor``, else ``$XDG_CACHE_HOME/tdppo/inductor`` (default
+``~/.cache/tdppo/inductor``), rather than torch's default under ``/tmp``, which a reboot may
+empty. Torch keys each entry on the traced graph, the torch version, its config and the machine,
+so a change to tdppo's code (or to torch) compiles anew instead of reusing a stale artifact.
+Dynamo still traces the Python in each new process; what a warm cache skips is the compilation
+(inductor's lowering, code generation and the C++ compiler). Delete the folder to start cold.
+
 >>> import torch
 >>> def add_one(x):
 ...     return x + 1
@@ -13,19 +23,47 @@ and run eagerly without a word; :func:`captured` reads dynamo's cache to tell.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-__all__ = ["compiled", "captured"]
+__all__ = ["compiled", "captured", "cache_dir"]
+
+CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+"""torch's own variable for the folder of its compile caches (read when torch compiles)."""
+
+
+def cache_dir() -> Path:
+    """The folder of the persistent compile caches (see the module docstring); sets
+    ``$TORCHINDUCTOR_CACHE_DIR`` to it when the user has not set it, before torch compiles."""
+    user = os.environ.get(CACHE_ENV)
+    if user:
+        return Path(user)
+    base = os.environ.get("TDPPO_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "tdppo",
+    )
+    path = Path(base) / "inductor"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:  # read-only home, say: torch's default folder still works
+        from torch._inductor.runtime.cache_dir_utils import cache_dir as torch_cache_dir
+
+        return Path(torch_cache_dir())
+    os.environ[CACHE_ENV] = str(path)
+    return path
 
 
 def compiled(fn: Callable, *, mode: str | None = None, backend: str = "inductor") -> Callable:
     """``torch.compile(fn)`` as one graph of static shapes (``fullgraph=True``, ``dynamic=False``).
 
     ``mode`` is torch.compile's (``"reduce-overhead"``: CUDA graphs). The result remembers
-    ``fn``'s code object, which :func:`captured` looks up.
+    ``fn``'s code object, which :func:`captured` looks up. Compiled artifacts persist in
+    :func:`cache_dir`.
     """
+    cache_dir()
     _settle_tensordict_memo()
     out = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode, backend=backend)
     out.__tdppo_code__ = fn.__code__
