@@ -36,6 +36,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads for every system")
     p.add_argument("--frames", type=int, default=None, help="override frames per run")
     p.add_argument("--out", type=Path, default=None, help="results directory")
+    p.add_argument(
+        "--parts",
+        default=None,
+        help="throughput: comma-separated sections to run (process,training,sweep,ceilings; "
+        "default all)",
+    )
     return p
 
 
@@ -73,7 +79,14 @@ def _own(name: str, args: argparse.Namespace) -> tuple[str, str]:
     if name == "throughput":
         from benchmarks import throughput
 
-        throughput.run("full" if mode == "default" else mode, args.threads, out, frames=args.frames)
+        parts = tuple(args.parts.split(",")) if args.parts else throughput.PARTS
+        throughput.run(
+            "full" if mode == "default" else mode,
+            args.threads,
+            out,
+            frames=args.frames,
+            parts=parts,
+        )
     else:
         from benchmarks import learning
 
@@ -94,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser().parse_known_args(argv)
     if extra and args.name in OWN:
         parser().error(f"unrecognized arguments: {' '.join(extra)}")
+    known = ("process", "training", "sweep", "ceilings")
+    if args.parts and not set(args.parts.split(",")) <= set(known):
+        parser().error(f"--parts takes a comma-separated subset of {','.join(known)}")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 

@@ -18,11 +18,12 @@ overlapping the two; ``train / floor`` says how close it gets.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import common
+from benchmarks import common, process
 from benchmarks.common import finite_median, fmt, interleaved
 from benchmarks.systems import REFERENCE, SYSTEMS, THROUGHPUT, ceiling, runner
 
@@ -48,6 +49,11 @@ class Settings:
     sweep_system: str = "tdppo torch compiled"
     compile: bool = True
     """False: tdppo's compiled rows run eager (``--smoke``)."""
+    process_frames: int = 49 * 2048
+    """Frames of each whole-process run (``benchmarks.process``): the issue's 100k."""
+    process_repeats: int = 2
+    process_systems: tuple[str, ...] = process.ROWS
+    process_timeout: float = 1800.0
     note: str = ""
 
 
@@ -63,11 +69,12 @@ MODES: dict[str, Settings] = {
         sweep=(8, 1024),
         sweep_batches=2,
         sweep_repeats=1,
+        process_frames=8 * 2048,
         note="--quick (2-minute budget): Pendulum-v1 only (CartPole-v1 does not fit: its "
         "discrete policy compiles anew) and 2 repeats, not 3 (3 took 160 s on this 2-core "
         "machine); 2 iterations per run (the steady SPS is the second); "
         "ceilings with 1 repeat; num_envs sweep at 8 and 1024 only (each size recompiles), 2 "
-        "iterations, 1 repeat.",
+        "iterations, 1 repeat. Whole-process rows: 16,384 frames (8 iterations).",
     ),
     "smoke": Settings(
         repeats={"Pendulum-v1": 1},
@@ -83,6 +90,10 @@ MODES: dict[str, Settings] = {
         sweep=(8, 64),
         sweep_batches=2,
         sweep_repeats=1,
+        process_frames=2 * 512,
+        process_repeats=1,
+        process_systems=(process.CLEANRL, process.EAGER),
+        process_timeout=600.0,
         note="--smoke: a pipeline check, not a measurement (64-step rollouts, 2 epochs x 2 "
         "minibatches, 1 repeat, tdppo's 'compiled' rows run eager).",
     ),
@@ -300,76 +311,126 @@ SWEEP_COLS = [
 ]
 
 
+PARTS = ("process", "training", "sweep", "ceilings")
+
+
+def _process(s: Settings, threads: int, log) -> tuple[list[dict], list[dict]]:
+    """Whole-process rows (one subprocess each), interleaved; ``(summary, runs)``."""
+    log(f"== whole process, Pendulum-v1, {s.process_frames} frames, start to exit")
+    kw = dict(
+        env_id="Pendulum-v1",
+        frames=s.process_frames,
+        num_envs=s.num_envs,
+        num_steps=s.num_steps,
+        epochs=s.epochs,
+        minibatches=s.minibatches,
+        threads=threads,
+    )
+    systems = (
+        s.process_systems
+        if s.compile
+        else tuple(n for n in s.process_systems if n not in (process.COLD, process.WARM))
+    )
+    ab = os.environ.get("TDPPO_BENCH_AB_SRC")
+    ab_src = Path(ab) if ab else None
+    if ab_src is not None:
+        log(f"   A/B: rows marked [A] import tdppo from {ab_src}")
+    table = process.rows(kw, s.process_timeout, systems, ab_src)
+    res = interleaved(table, s.process_repeats, log)
+    runs = [
+        {"system": name, **r} for name, rs in res.items() if not name.startswith("_") for r in rs
+    ]
+    return process.summarize(res), runs
+
+
 def run(
     mode: str = "full",
     threads: int = 1,
     out: Path = common.RESULTS,
     frames: int | None = None,
     log: Callable[[str], None] = print,
+    parts: tuple[str, ...] = PARTS,
 ) -> dict[str, Path]:
-    """Run the benchmark in ``mode`` (full, quick, smoke); write CSVs, markdown and plots."""
+    """Run the benchmark in ``mode`` (full, quick, smoke); write CSVs, markdown and plots.
+
+    ``parts``: which sections run (``process``: whole-process wall clock, one subprocess per
+    system; ``training``: in-process steady SPS of every system; ``sweep``; ``ceilings``)."""
     s = MODES[mode]
     if frames:
         batch = s.num_envs * s.num_steps
         s = Settings(**{**s.__dict__, "frames": max(1, frames // batch) * batch})
     facts = common.machine_facts(threads)
     log("machine: " + ", ".join(f"{k}={v}" for k, v in facts.items()))
-    runs = _training(s, threads, log)
+    proc_summary, proc_runs = _process(s, threads, log) if "process" in parts else ([], [])
+    runs = _training(s, threads, log) if "training" in parts else []
     summary = summarize(runs)
-    sweep = _sweep(s, threads, log)
-    ceilings = _ceilings(s, threads, summary, log)  # last: tdppo's env-only resets dynamo
+    sweep = _sweep(s, threads, log) if "sweep" in parts else []
+    # last: tdppo's env-only resets dynamo
+    ceilings = _ceilings(s, threads, summary, log) if "ceilings" in parts else []
+    facts["load average (1, 5, 15 min) at the end"] = _loadavg()
 
-    tag = "" if mode == "full" else f"-{mode}"
+    tag = mode_tag = "" if mode == "full" else f"-{mode}"
+    if tuple(parts) != PARTS:  # a partial run keeps the full run's files
+        tag = "-" + "-".join(parts) + tag
     out.mkdir(parents=True, exist_ok=True)
-    files = {
-        "csv": common.write_csv(out / f"throughput{tag}.csv", summary, SUMMARY_COLS),
-        "runs_csv": common.write_csv(out / f"throughput-runs{tag}.csv", runs, RUN_COLS),
-        "ceilings_csv": common.write_csv(
-            out / f"throughput-ceilings{tag}.csv", ceilings, CEILING_COLS
-        ),
-        "sweep_csv": common.write_csv(out / f"throughput-sweep{tag}.csv", sweep, SWEEP_COLS),
-    }
-    for env_id in s.repeats:
-        mine = [r for r in summary if r["env"] == env_id]
-        files[f"png_{env_id}"] = common.plot_bars(
-            out / f"throughput-{env_id}{tag}.png",
-            [r["system"] for r in mine],
-            [r["sps"] for r in mine],
-            f"PPO training SPS, {env_id}, {threads} thread(s)",
-            "frames / s (updates included)",
-            notes=[
-                f"({fmt(r['x_cleanrl'])}x CleanRL)" if math.isfinite(r["x_cleanrl"]) else ""
-                for r in mine
-            ],
+    files: dict[str, Path] = {}
+    if proc_summary:
+        files["process_csv"] = common.write_csv(
+            out / f"throughput-process{mode_tag}.csv", proc_summary, process.COLS
         )
-    files["png_sweep"] = common.plot_lines(
-        out / f"throughput-sweep{tag}.png",
-        {
-            "training SPS": (
-                [r["num_envs"] for r in sweep],
-                [r["train_sps"] for r in sweep],
-            ),
-            "env-only SPS": (
-                [r["num_envs"] for r in sweep],
-                [r["env_only_sps"] for r in sweep],
-            ),
-        },
-        f"{s.sweep_system}, Pendulum-v1, {threads} thread(s)",
-        "num_envs",
-        "frames / s",
-        logx=True,
-    )
+        files["process_runs_csv"] = common.write_csv(
+            out / f"throughput-process-runs{mode_tag}.csv", proc_runs, process.RUN_COLS
+        )
+    if "training" in parts:
+        files["csv"] = common.write_csv(out / f"throughput{tag}.csv", summary, SUMMARY_COLS)
+        files["runs_csv"] = common.write_csv(out / f"throughput-runs{tag}.csv", runs, RUN_COLS)
+        for env_id in s.repeats:
+            mine = [r for r in summary if r["env"] == env_id]
+            files[f"png_{env_id}"] = common.plot_bars(
+                out / f"throughput-{env_id}{tag}.png",
+                [r["system"] for r in mine],
+                [r["sps"] for r in mine],
+                f"PPO training SPS, {env_id}, {threads} thread(s)",
+                "frames / s (updates included)",
+                notes=[
+                    f"({fmt(r['x_cleanrl'])}x CleanRL)" if math.isfinite(r["x_cleanrl"]) else ""
+                    for r in mine
+                ],
+            )
+    if "ceilings" in parts:
+        files["ceilings_csv"] = common.write_csv(
+            out / f"throughput-ceilings{tag}.csv", ceilings, CEILING_COLS
+        )
+    if "sweep" in parts:
+        files["sweep_csv"] = common.write_csv(out / f"throughput-sweep{tag}.csv", sweep, SWEEP_COLS)
+        files["png_sweep"] = common.plot_lines(
+            out / f"throughput-sweep{tag}.png",
+            {
+                "training SPS": (
+                    [r["num_envs"] for r in sweep],
+                    [r["train_sps"] for r in sweep],
+                ),
+                "env-only SPS": (
+                    [r["num_envs"] for r in sweep],
+                    [r["env_only_sps"] for r in sweep],
+                ),
+            },
+            f"{s.sweep_system}, Pendulum-v1, {threads} thread(s)",
+            "num_envs",
+            "frames / s",
+            logx=True,
+        )
     files["md"] = common.write_markdown(
         out / f"throughput{tag}.md",
         f"Training throughput ({mode})",
         facts,
-        _sections(s, mode, summary, ceilings, sweep, files),
+        _sections(s, mode, summary, ceilings, sweep, files, proc_summary),
     )
     log(f"wrote {files['md']}")
     return files
 
 
-def _sections(s, mode, summary, ceilings, sweep, files) -> list[tuple[str, str]]:
+def _sections(s, mode, summary, ceilings, sweep, files, proc=()) -> list[tuple[str, str]]:
     setup = (
         f"{s.num_envs} envs x {s.num_steps} steps, {s.epochs} epochs x {s.minibatches} "
         f"minibatches, 64-64 tanh MLPs, lr 3e-4, gamma 0.99, lambda 0.95, clip 0.2, no entropy "
@@ -383,19 +444,33 @@ def _sections(s, mode, summary, ceilings, sweep, files) -> list[tuple[str, str]]
         setup += f"\n\n{s.note}"
     rows = "\n".join(f"- **{n}**: {SYSTEMS[n].note}" for n in THROUGHPUT)
     plots = "\n".join(f"![{k}]({p.name})" for k, p in files.items() if p.suffix == ".png")
-    return [
-        ("Setup", setup + "\n\nRows:\n\n" + rows),
-        ("Training SPS", common.markdown_table(summary, SUMMARY_COLS)),
-        (
-            "Ceilings (env-only, update-only, and how close training gets)",
-            common.markdown_table(ceilings, CEILING_COLS),
-        ),
-        (
-            f"num_envs sweep ({s.sweep_system}, Pendulum-v1)",
-            common.markdown_table(sweep, SWEEP_COLS) + "\n\n" + _saturation(sweep),
-        ),
-        ("Plots", plots),
-    ]
+    sections = [("Setup", setup + "\n\nRows:\n\n" + rows)]
+    if proc:
+        sections.append(
+            (
+                "Whole process, start to exit",
+                _process_text(s) + "\n\n" + common.markdown_table(proc, process.COLS),
+            )
+        )
+    if summary:
+        sections.append(("Training SPS", common.markdown_table(summary, SUMMARY_COLS)))
+    if ceilings:
+        sections.append(
+            (
+                "Ceilings (env-only, update-only, and how close training gets)",
+                common.markdown_table(ceilings, CEILING_COLS),
+            )
+        )
+    if sweep:
+        sections.append(
+            (
+                f"num_envs sweep ({s.sweep_system}, Pendulum-v1)",
+                common.markdown_table(sweep, SWEEP_COLS) + "\n\n" + _saturation(sweep),
+            )
+        )
+    if plots:
+        sections.append(("Plots", plots))
+    return sections
 
 
 def _saturation(sweep: list[dict]) -> str:
@@ -409,3 +484,25 @@ def _saturation(sweep: list[dict]) -> str:
         f"Training SPS peaks at {fmt(best)}; it is within 10% of that from "
         f"num_envs = {first['num_envs']} on."
     )
+
+
+def _process_text(s: Settings) -> str:
+    return (
+        f"Each row is a fresh Python process training Pendulum-v1 for {s.process_frames} frames "
+        f"({s.num_envs} envs x {s.num_steps} steps, {s.epochs} epochs x {s.minibatches} "
+        "minibatches, 64-64 tanh, lr 3e-4; tdppo anneals it to 0 over the run), timed by the "
+        "parent from `Popen` to exit (`wall_s`), and to the end of the first update "
+        "(`first_update_s`). `sps`: steady-state frames/s after the first iteration. "
+        f"Median (min, max) of {s.process_repeats} interleaved repeats. `x_wall` = CleanRL-style "
+        "wall / row wall (higher is faster); `x_sps` = row sps / CleanRL-style sps. tdppo runs "
+        "as the CLI a user types (`python -m tdppo train ...`); the cold row compiles into a new "
+        "empty `TORCHINDUCTOR_CACHE_DIR`, the warm row runs again on that folder. "
+        "(benchmarks/process.py)"
+    )
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
