@@ -239,6 +239,15 @@ def _inspect(argv: list[str]) -> int:
     return 0
 
 
+def _refuse(cmd: str, e: Exception) -> int:
+    """A user-caused failure: one line on stderr, exit status 2 (TDPPO_TRACEBACK=1: raise)."""
+    if os.environ.get("TDPPO_TRACEBACK"):
+        raise e
+    msg = " ".join(str(e).split())  # one line, whatever the message
+    print(f"tdppo {cmd}: error: {msg}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -251,16 +260,22 @@ def main(argv: list[str] | None = None) -> int:
             f"tdppo: unknown command {cmd!r}; expected one of train, eval, inspect", file=sys.stderr
         )
         return 2
+    import errno
+
     from tdppo.checkpoint import CheckpointError
+    from tdppo.signals import Preempted
 
     try:
         return commands[cmd](rest)
+    except Preempted as e:  # SIGTERM / SIGINT: stopped after saving a checkpoint (143 / 130)
+        print(e, file=sys.stderr)
+        return e.exit_status
     except (ValueError, CheckpointError, FileNotFoundError) as e:
-        if os.environ.get("TDPPO_TRACEBACK"):
+        return _refuse(cmd, e)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):  # a full disk (metrics.csv, say)
             raise
-        msg = " ".join(str(e).split())  # one line, whatever the message
-        print(f"tdppo {cmd}: error: {msg}", file=sys.stderr)
-        return 2
+        return _refuse(cmd, e)
     except KeyboardInterrupt:
         print(f"tdppo {cmd}: interrupted", file=sys.stderr)
         return 130

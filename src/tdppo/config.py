@@ -222,6 +222,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         minibatches=32,
         epochs=10,
         frames=1_000_000,
+        anneal_frames=1_000_000,  # CleanRL anneals to 0 by the end; constant lr collapsed here
         backend="gym",
     ),
 }
