@@ -6,12 +6,12 @@ Each is one of:
 
 - a bracketed usage synopsis (a block whose first command has ``[--flag ...]``): not run, but
   every ``--flag`` it names must be a flag of that subcommand;
-- ``tdppo ...`` / ``python -m tdppo ...``: run in a subprocess as printed, in one shared working
-  directory and in README order, chained as a user chains them (``R``/``RUN``/``PATH``/``DIR``
-  name the run the preceding train produced). A fresh ``train`` gets a small ``--frames`` and
-  ``--num-envs 2 --num-steps 16 --epochs 1 --minibatches 2 --no-compile --quiet
-  --eval-episodes 0 --threads 1``; a ``--resume`` gets only a small ``--frames`` (the rest must
-  come from the saved run, as the README promises);
+- ``tdppo ...``, ``python -m tdppo ...``, ``torchrun ... -m tdppo ...``: run as printed, in
+  one shared working directory and in README order, chained as a user chains them
+  (``R``/``RUN``/``PATH``/``DIR`` name the run the preceding train produced). A fresh ``train``
+  gets a small ``--frames`` and ``--num-envs 2 --num-steps 16 --epochs 1 --minibatches 2
+  --no-compile --quiet --eval-episodes 0 --threads 1``; a ``--resume`` gets only a small
+  ``--frames`` (the rest must come from the saved run, as the README promises);
 - ``make TARGET``: the Makefile must have the target (``make test`` is not run recursively);
 - ``pip install -e .[extra]``: pyproject.toml must define the extra;
 - ``python -m benchmarks NAME ...`` (minutes each): the harness's parser must accept it;
@@ -87,6 +87,8 @@ def _fences(text: str):
 
 
 def _is_command(line: str) -> bool:
+    if re.match(r"torchrun\s.*\s-m tdppo\s", line):
+        return True
     return bool(re.match(r"(tdppo|python3? -m (tdppo|pip|benchmarks)|make|pip|bash)(\s|$)", line))
 
 
@@ -162,12 +164,19 @@ class Session:
         self.population: str | None = None  # the last population run
         self.n = 0
 
-    def exe(self, tokens: list[str]) -> list[str]:
+    def exe(self, tokens: list[str], cmd: Command) -> tuple[list[str], list[str]]:
+        """The program as printed (the venv's ``tdppo``/``python``/``torchrun``) and tdppo's
+        own arguments."""
+        bindir = Path(sys.executable).parent
         if tokens[0] == "tdppo":
-            script = Path(sys.executable).with_name("tdppo")
-            return [str(script)] if script.exists() else [sys.executable, "-m", "tdppo"]
-        assert tokens[:3] in (["python", "-m", "tdppo"], ["python3", "-m", "tdppo"]), tokens
-        return [sys.executable, "-m", "tdppo"]
+            script = bindir / "tdppo"
+            exe = [str(script)] if script.exists() else [sys.executable, "-m", "tdppo"]
+            return exe, tokens[1:]
+        if tokens[0] == "torchrun":  # torchrun [its options] -m tdppo ARGS
+            i = next(i for i in range(len(tokens) - 1) if tokens[i : i + 2] == ["-m", "tdppo"])
+            return [str(bindir / "torchrun"), *tokens[1:i], "-m", "tdppo"], tokens[i + 2 :]
+        assert tokens[1:3] == ["-m", "tdppo"], f"{cmd.where}: `{cmd.text}`"
+        return [sys.executable, "-m", "tdppo"], tokens[3:]
 
     def run(self, cmd: Command) -> None:
         tokens = shlex.split(cmd.text)
@@ -179,9 +188,8 @@ class Session:
             return _check_bash(tokens[1:], cmd)
         if tokens[1:3] == ["-m", "benchmarks"]:
             return _check_benchmark(tokens[3:], cmd)
-        assert tokens[0] in ("tdppo", "python", "python3"), f"{cmd.where}: {cmd.text}"
-        exe = self.exe(tokens)
-        args = tokens[1:] if tokens[0] == "tdppo" else tokens[3:]
+        assert tokens[0] in ("tdppo", "python", "python3", "torchrun"), f"{cmd.where}: {cmd.text}"
+        exe, args = self.exe(tokens, cmd)
         if cmd.synopsis:
             return _check_synopsis(args, cmd)
         sub, args = args[0], args[1:]
