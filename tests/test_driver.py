@@ -157,3 +157,23 @@ def test_compiled_parts_capture_graphs(kind, tmp_path, monkeypatch):
     parts = steps[0].compiled_parts
     assert set(parts) == {"env_step", "values_and_gae", "minibatch_step"}
     assert all(captured(fn) for fn in parts.values())
+
+
+def test_tensorboard_logs_every_metric(kind, tmp_path):
+    """TensorBoard's own reader (tensorboard's EventAccumulator) finds the metrics.csv values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _train(kind, tmp_path, 2, tensorboard=True)
+    events = [p for p in (tmp_path / "tb").rglob("events.out.tfevents.*")]
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    prefixes = [""] if kind == "single" else ["member0/", "member1/"]
+    for p in prefixes:
+        assert {f"{p}loss_policy", f"{p}sps", f"{p}lr"} <= tags, tags
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        last = list(csv.DictReader(f))[-1]
+    got = acc.Scalars(f"{prefixes[-1]}loss_value")[-1]
+    assert got.step == int(last["frames"])
+    assert got.value == pytest.approx(float(last["loss_value"]), rel=1e-6)
