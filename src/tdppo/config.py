@@ -117,7 +117,8 @@ class Config:
 
     # --- evaluation -----------------------------------------------------------------------------
     eval_episodes: int = 10
-    """Deterministic episodes evaluated at the end of training (0 = none)."""
+    """Deterministic episodes evaluated (and printed) at the end of training (0 or --quiet:
+    none; `tdppo eval RUN` evaluates any time)."""
 
     @property
     def batch_size(self) -> int:
