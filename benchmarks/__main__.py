@@ -1,7 +1,7 @@
 """``python -m benchmarks <name> [--quick|--smoke|--full] [--seeds N] [--threads N] [--out DIR]``
 
 Names: ``throughput``, ``learning`` (here), ``env_throughput``, ``update_speed``,
-``resume_integrity``, ``population`` (modules beside this one, each with
+``resume_integrity``, ``population``, ``step_profile`` (modules beside this one, each with
 ``main(argv) -> int | None``), and
 ``all`` (each in turn; a missing or failing one is reported and the rest still run).
 
@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 
 OWN = ("throughput", "learning")
-EXTERNAL = ("env_throughput", "update_speed", "resume_integrity", "population")
+EXTERNAL = ("env_throughput", "update_speed", "resume_integrity", "population", "step_profile")
 NAMES = (*OWN, *EXTERNAL)
 
 

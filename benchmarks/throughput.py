@@ -424,13 +424,15 @@ def run(
         out / f"throughput{tag}.md",
         f"Training throughput ({mode})",
         facts,
-        _sections(s, mode, summary, ceilings, sweep, files, proc_summary),
+        _sections(s, mode, summary, ceilings, sweep, files, proc_summary, proc_runs),
     )
     log(f"wrote {files['md']}")
     return files
 
 
-def _sections(s, mode, summary, ceilings, sweep, files, proc=()) -> list[tuple[str, str]]:
+def _sections(
+    s, mode, summary, ceilings, sweep, files, proc=(), proc_runs=()
+) -> list[tuple[str, str]]:
     setup = (
         f"{s.num_envs} envs x {s.num_steps} steps, {s.epochs} epochs x {s.minibatches} "
         f"minibatches, 64-64 tanh MLPs, lr 3e-4, gamma 0.99, lambda 0.95, clip 0.2, no entropy "
@@ -444,12 +446,16 @@ def _sections(s, mode, summary, ceilings, sweep, files, proc=()) -> list[tuple[s
         setup += f"\n\n{s.note}"
     rows = "\n".join(f"- **{n}**: {SYSTEMS[n].note}" for n in THROUGHPUT)
     plots = "\n".join(f"![{k}]({p.name})" for k, p in files.items() if p.suffix == ".png")
-    sections = [("Setup", setup + "\n\nRows:\n\n" + rows)]
+    sections = [("Setup", setup + "\n\nRows:\n\n" + rows)] if summary else []
     if proc:
         sections.append(
             (
                 "Whole process, start to exit",
-                _process_text(s) + "\n\n" + common.markdown_table(proc, process.COLS),
+                _process_text(s)
+                + "\n\n"
+                + common.markdown_table(proc, process.COLS)
+                + "\n\n"
+                + _paired(proc_runs),
             )
         )
     if summary:
@@ -499,6 +505,21 @@ def _process_text(s: Settings) -> str:
         "empty `TORCHINDUCTOR_CACHE_DIR`, the warm row runs again on that folder. "
         "(benchmarks/process.py)"
     )
+
+
+def _paired(runs) -> str:
+    """Per repeat, CleanRL-style wall / row wall and row sps / CleanRL-style sps (the rows of
+    one repeat ran minutes apart, so these pairs see similar load)."""
+    ref = {r["repeat"]: r for r in runs if r["system"] == process.REFERENCE and not r["error"]}
+    lines = ["Paired by repeat (`x_wall`; `x_sps`):", ""]
+    for name in dict.fromkeys(r["system"] for r in runs):
+        mine = [r for r in runs if r["system"] == name and not r["error"] and r["repeat"] in ref]
+        pairs = []
+        for r in mine:
+            base = ref[r["repeat"]]
+            pairs.append(f"{base['wall_s'] / r['wall_s']:.2f}; {r['sps'] / base['sps']:.2f}")
+        lines.append(f"- {name}: " + ", ".join(pairs))
+    return "\n".join(lines)
 
 
 def _loadavg() -> str:
