@@ -76,6 +76,7 @@ def _workload(batch: int, obs_dim: int, act_dim: int):
         ent_coef=torch.tensor(0.0),
         lr=torch.tensor(3e-4),
         max_grad_norm=torch.tensor(0.5),
+        adam_eps=torch.tensor(1e-5),
     )
     return actor, critic, params, optim.adam_init(params), data, hp
 
