@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 from tensordict import TensorDict
 
-from tdppo import jit, nets, ppo
+from tdppo import nets, ppo
 from tdppo import random as trand
 from tdppo.config import Config
 from tdppo.distributed import Shards
@@ -65,9 +65,9 @@ def make_train_step(
     (advantage moments, gradients, metrics) and here (episode counts and returns, the
     finiteness flags), so every process computes the same parameters, statistics and counters.
 
-    The step's parts are compiled separately when ``cfg.compile`` (the env step, values + GAE,
-    the minibatch step; ``--cudagraphs`` puts the minibatch step in CUDA graphs);
-    ``step.compiled_parts`` lists them for :func:`tdppo.jit.captured`.
+    The step's hot parts are compiled separately when ``cfg.compile`` (the env step and the
+    minibatch step; ``--cudagraphs`` puts the minibatch step in CUDA graphs);
+    ``step.compiled_parts`` lists them for :func:`tdppo.jit.captured`. Values + GAE run eagerly.
     """
     critic, collector = parts.critic, parts.collector
     shards = shards or Shards()
@@ -85,9 +85,8 @@ def make_train_step(
             params, obs, next_obs, reward, terminated, done, gamma, lam
         )
 
+    # eager even with compile: it runs once per iteration, and its compile cost more than it saves
     values_and_gae = population_values_and_gae if members else member_values_and_gae
-    if cfg.compile:
-        values_and_gae = jit.compiled(values_and_gae)
     update = ppo.make_update(
         parts.actor,
         critic,
@@ -194,7 +193,6 @@ def make_train_step(
 
     step.compiled_parts = {
         "env_step": collector.env_step if hasattr(collector, "env_step") else None,
-        "values_and_gae": values_and_gae,
         "minibatch_step": update.minibatch_step,
     }
     return step
