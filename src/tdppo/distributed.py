@@ -194,13 +194,18 @@ def shard_moments(shards: Shards) -> Callable | None:
             xs = x[s * rows : (s + 1) * rows]
             ms = None if mask is None else mask[s * rows : (s + 1) * rows]
             parts.append(stats._batch_moments(xs, event_ndim, ms))
-        mean = shards.gather(torch.stack([p[0] for p in parts]))
-        var = shards.gather(torch.stack([p[1] for p in parts]))
-        count = shards.gather(torch.stack([p[2] for p in parts]))
+        # one gather per call: [mean | var | count | finite] of every local shard, float64
+        shape = parts[0][0].shape
+        flag = finite.to(torch.float64).reshape(1)
+        rows = [torch.cat([m.reshape(-1), v.reshape(-1), c.reshape(1), flag]) for m, v, c in parts]
+        wire = shards.gather(torch.stack(rows))  # [S, 2 * numel + 2]
+        n = shape.numel()
+        mean, var = wire[:, :n].reshape(-1, *shape), wire[:, n : 2 * n].reshape(-1, *shape)
+        count, finite = wire[:, 2 * n], wire[:, 2 * n + 1].min() > 0.5
         m, v, c = mean[0], var[0], count[0]
         for s in range(1, shards.count):
             m, v, c = stats._merge_guarded(m, v, c, mean[s], var[s], count[s])
-        return m, v, c, shards.all(finite)
+        return m, v, c, finite
 
     return moments
 

@@ -237,7 +237,7 @@ def make_minibatch_step(
         grads, metrics = grad_fn(params, minibatch, hp)
         if parallel:
             grads = shards.mean_tree(grads)
-            metrics = {k: shards.sum(v) / shards.world for k, v in metrics.items()}
+            metrics = shards.mean_tree(metrics)
         params, opt_state, grad_norm = adam_update(
             grads,
             opt_state,

@@ -109,6 +109,12 @@ def train(
         raise ValueError("a population runs in one process with --shards 1")
     if shards.world > 1 and not cfg.run_dir:
         raise ValueError("several processes need one --run-dir (their shared run directory)")
+    if shards.world > 1 and cfg.compile:
+        # Collectives inside inductor's CPU graphs (gloo) corrupted memory here (torch 2.13):
+        # several processes run the step eagerly until that is proven safe.
+        if shards.rank == 0:
+            _warn("several processes run eagerly: --compile is not applied under torchrun yet")
+        cfg = dataclasses.replace(cfg, compile=False)
     run_dir = Path(cfg.run_dir or default_run_dir(cfg, len(members) if members else None))
     if _restarted() and ckpt.list_checkpoints(run_dir):
         cfg = dataclasses.replace(cfg, resume=True)  # torchrun --max-restarts: continue the run
@@ -374,9 +380,7 @@ def _restart_episodes(parts: Components, state: TensorDict, frames: int) -> None
     state["meta", "resume_reset_episodes"] = prev + 1
 
 
-def _save(
-    state: TensorDict, run_dir: Path, cfg: Config, parts: Components, shards: Shards
-) -> Path:
+def _save(state: TensorDict, run_dir: Path, cfg: Config, parts: Components, shards: Shards) -> Path:
     """Write a checkpoint (several processes: their envs gathered, rank 0 writes)."""
     base = parts.env.base_env
     if hasattr(base, "capture_state"):
