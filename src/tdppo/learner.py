@@ -191,6 +191,7 @@ def make_train_step(
         )
         return new_state, metrics
 
+    step.values_and_gae = values_and_gae  # eager (benchmarks/step_profile.py times it alone)
     step.compiled_parts = {
         "env_step": collector.env_step if hasattr(collector, "env_step") else None,
         "minibatch_step": update.minibatch_step,
