@@ -139,3 +139,19 @@ def test_gym_backend_resume_restarts_uncapturable_episodes_and_says_so(tmp_path,
     count_key = next(k for k in leaves.keys() if k.endswith("count"))
     assert float(s["transforms"].flatten_keys("/")[count_key]) > float(leaves[count_key])
     assert int(s["counters", "frames"]) == 256
+
+
+def test_resume_with_a_changed_exactness_field_says_so(tmp_path, capfd):
+    """threads typed on resume (a mutable field that changes arithmetic): the run goes on, and
+    stderr and metrics.csv both say bit-exactness is no longer promised."""
+    import csv
+
+    train(_cfg("CartPole-v1", tmp_path, 128, compile=False, threads=1))
+    capfd.readouterr()
+    train(_cfg("CartPole-v1", tmp_path, 256, compile=False, threads=2, resume=True))
+    err = capfd.readouterr().err
+    assert "threads: 1 -> 2" in err and "no longer promised" in err
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        notes = [r["note"] for r in csv.DictReader(f) if r.get("note")]
+    assert any("threads: 1 -> 2" in n and "no longer promised" in n for n in notes)
+    torch.set_num_threads(1)
