@@ -22,10 +22,11 @@ from tensordict import TensorDict
 
 from tdppo import Config, train
 from tdppo.checkpoint import load_checkpoint, save_checkpoint
-from tdppo.policy import config_of, load_policy
 from tdppo.jit import captured
+from tdppo.policy import config_of, load_policy
 from tdppo.population import SWEEPABLE, member_configs, member_state, population_configs
 from tdppo.state import EXACT_KEYS
+
 
 def train_population(config, seeds, sweep=None):
     """The population driver: ``tdppo.train`` with ``seeds`` (and ``sweep``)."""

@@ -211,9 +211,7 @@ def _gaussian(dp: Mapping) -> bool:
     return "loc" in dp.keys()
 
 
-def sample(
-    dp: Mapping, key: torch.Tensor, rows: tuple[int, int] | None = None
-) -> torch.Tensor:
+def sample(dp: Mapping, key: torch.Tensor, rows: tuple[int, int] | None = None) -> torch.Tensor:
     """An action drawn with :mod:`tdppo.random` from a single (0-d) ``key``.
 
     Gaussian: ``loc + scale * normal(key, loc.shape)`` ``[*B, A]``; categorical:

@@ -65,9 +65,7 @@ def policy_step_fn(actor: torch.nn.Module):
     return step
 
 
-def _sample_action(
-    actor: torch.nn.Module, params, obs: torch.Tensor, key: torch.Tensor, rows=None
-):
+def _sample_action(actor: torch.nn.Module, params, obs: torch.Tensor, key: torch.Tensor, rows=None):
     dp = nets.dist_params_dict(actor, params, obs)
     action = nets.sample(dp, key, rows)
     return action, nets.log_prob(dp, action)

@@ -181,7 +181,6 @@ def make_env(
     """
     resolved = _check_args(env_id, num_envs, backend, dtype)
     if resolved == "torch":
-
         base: EnvBase = TorchEnv(
             DYNAMICS[env_id], num_envs, device=device, dtype=dtype, seed=seed, env_offset=env_offset
         )
