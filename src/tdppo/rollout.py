@@ -39,8 +39,7 @@ from tdppo.envs.gym_fast import GymFastCollector
 from tdppo.transforms import (
     RunningObservationNorm,
     RunningRewardNorm,
-    obs_norm_step,
-    reward_norm_step,
+    apply_plan,
 )
 
 # a fused transform plan: (index in Compose, kind "obs" | "reward" | "sum", eps, clip)
@@ -116,27 +115,11 @@ def fused_step(
     terminated, truncated = out.terminated.unsqueeze(-1), out.truncated.unsqueeze(-1)
     done = terminated | truncated
     reward = out.reward.unsqueeze(-1)
-    next_obs, carry_obs, out_reward = out.next_observation, out.observation, reward
-    ep_ret = carry.get("episode_reward")
-    stats = dict(tstate["transforms"])
-    for i, kind, eps, clip in plan:  # the transform stack, in pipeline order
-        if kind == "sum":
-            ep_ret = ep_ret + reward
-            continue
-        ts = stats[i]
-        if kind == "obs":
-            ts, next_obs = obs_norm_step(
-                ts, next_obs, None, eps=eps, clip=clip, update=True, moments=moments
-            )
-            ts, reset_obs = obs_norm_step(
-                ts, carry_obs, done.squeeze(-1), eps=eps, clip=clip, update=True, moments=moments
-            )
-            carry_obs = torch.where(done, reset_obs, next_obs)
-        else:
-            ts, out_reward = reward_norm_step(
-                ts, out_reward, terminated, done, eps=eps, clip=clip, update=True, moments=moments
-            )
-        stats[i] = ts
+    stats, ep_ret, next_obs, reset_obs, out_reward = apply_plan(
+        plan, tstate["transforms"], carry.get("episode_reward"), out.next_observation,
+        out.observation, reward, terminated, done, moments,
+    )  # fmt: skip
+    carry_obs = torch.where(done, reset_obs, next_obs)
     new_carry = {
         "observation": carry_obs,
         "state": out.state,

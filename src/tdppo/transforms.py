@@ -37,7 +37,10 @@ from torchrl.envs.transforms import Compose, ObservationNorm, Transform, Transfo
 
 from tdppo import stats
 
-__all__ = ["RunningObservationNorm", "RunningRewardNorm", "obs_norm_step", "reward_norm_step"]
+__all__ = [
+    "RunningObservationNorm", "RunningRewardNorm", "apply_plan", "obs_norm_step",
+    "reward_norm_step",
+]  # fmt: skip
 
 _F64 = torch.float64
 
@@ -172,6 +175,45 @@ def reward_norm_step(
     new["acc"] = torch.where(done.reshape(acc.shape), torch.zeros_like(acc), acc_next)
     out_dtype = reward.dtype if reward.dtype.is_floating_point else torch.get_default_dtype()
     return _with(state, new), out.reshape(reward.shape).to(out_dtype)
+
+
+def apply_plan(
+    plan,
+    stats: dict,
+    ep_ret: torch.Tensor | None,
+    next_obs: torch.Tensor,
+    reset_obs: torch.Tensor,
+    reward: torch.Tensor,
+    terminated: torch.Tensor,
+    done: torch.Tensor,
+    moments: Moments | None = None,
+):
+    """One vector step through a fused transform stack, in pipeline order (pure).
+
+    ``plan``: ``(index in Compose, kind, eps, clip)`` with kind ``"cast"`` (to float32),
+    ``"sum"`` (RewardSum), ``"obs"`` or ``"reward"``; ``stats``: the transforms' states by index.
+    ``reset_obs`` is the observation each env starts its next step from (the reset's where
+    ``done``). Returns ``(stats, ep_ret, next_obs, reset_obs, reward)`` after the stack.
+    """
+    stats, out_reward = dict(stats), reward
+    for i, kind, eps, clip in plan:
+        if kind == "cast":
+            next_obs, reset_obs = next_obs.to(torch.float32), reset_obs.to(torch.float32)
+        elif kind == "sum":
+            ep_ret = ep_ret + reward
+        elif kind == "obs":
+            ts, next_obs = obs_norm_step(
+                stats[i], next_obs, None, eps=eps, clip=clip, update=True, moments=moments
+            )
+            stats[i], reset_obs = obs_norm_step(
+                ts, reset_obs, done.squeeze(-1), eps=eps, clip=clip, update=True, moments=moments
+            )
+        else:
+            stats[i], out_reward = reward_norm_step(
+                stats[i], out_reward, terminated, done, eps=eps, clip=clip, update=True,
+                moments=moments,
+            )  # fmt: skip
+    return stats, ep_ret, next_obs, reset_obs, out_reward
 
 
 # ----------------------------------------------------------------------------- shared helpers

@@ -31,8 +31,7 @@ from tdppo import random as trand
 from tdppo.transforms import (
     RunningObservationNorm,
     RunningRewardNorm,
-    obs_norm_step,
-    reward_norm_step,
+    apply_plan,
 )
 
 __all__ = ["GymFastCollector", "post_step"]
@@ -65,23 +64,9 @@ def post_step(
         the transition's ``next`` entries, as ``step_and_maybe_reset`` leaves them.
     """
     done = terminated | truncated
-    stats = dict(tstate["transforms"])
-    out_reward = reward
-    for i, kind, eps, clip in plan:  # the transform stack, in pipeline order
-        if kind == "cast":
-            next_obs, reset_obs = next_obs.to(torch.float32), reset_obs.to(torch.float32)
-        elif kind == "sum":
-            ep_ret = ep_ret + reward
-        elif kind == "obs":
-            ts, next_obs = obs_norm_step(stats[i], next_obs, None, eps=eps, clip=clip, update=True)
-            ts, reset_obs = obs_norm_step(
-                ts, reset_obs, done.squeeze(-1), eps=eps, clip=clip, update=True
-            )
-            stats[i] = ts
-        else:
-            stats[i], out_reward = reward_norm_step(
-                stats[i], out_reward, terminated, done, eps=eps, clip=clip, update=True
-            )
+    stats, ep_ret, next_obs, reset_obs, out_reward = apply_plan(
+        plan, tstate["transforms"], ep_ret, next_obs, reset_obs, reward, terminated, done
+    )
     no = torch.zeros_like(done)
     carry = {
         "observation": torch.where(done, reset_obs, next_obs),
