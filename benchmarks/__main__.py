@@ -37,12 +37,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=None, help="override frames per run")
     p.add_argument("--out", type=Path, default=None, help="results directory")
     p.add_argument(
+        "--envs",
+        type=_envs,
+        default=(),
+        help="throughput (training) and learning: comma-separated env ids, each ENV or "
+        "ENV:FRAMES, replacing the mode's envs (e.g. Pendulum-v1,HalfCheetah-v5:131072)",
+    )
+    p.add_argument(
         "--parts",
         default=None,
         help="throughput: comma-separated sections to run (process,training,sweep,ceilings; "
         "default all)",
     )
     return p
+
+
+def _envs(text: str) -> tuple[tuple[str, int | None], ...]:
+    """``"A,B:4096"`` -> ``(("A", None), ("B", 4096))``."""
+    out = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        env_id, _, frames = item.partition(":")
+        try:
+            out.append((env_id, int(frames) if frames else None))
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"bad frames in {item!r}") from e
+    return tuple(out)
 
 
 def _mode(args: argparse.Namespace) -> str:
@@ -86,11 +105,12 @@ def _own(name: str, args: argparse.Namespace) -> tuple[str, str]:
             out,
             frames=args.frames,
             parts=parts,
+            envs=args.envs,
         )
     else:
         from benchmarks import learning
 
-        learning.run(mode, args.threads, out, seeds=args.seeds, frames=args.frames)
+        learning.run(mode, args.threads, out, seeds=args.seeds, frames=args.frames, envs=args.envs)
     return "ok", ""
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks.common import finite_median, interleaved
-from benchmarks.systems import LEARNING, SYSTEMS, runner
+from benchmarks.systems import LEARNING, REFERENCE, SB3, SYSTEMS, learning_rows, runner
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,16 @@ class Settings:
     eval_episodes: int = 10
     compile: bool = True
     """False: the tdppo row runs eager (``--smoke``)."""
+    per_env_rows: bool = False
+    """True: :func:`benchmarks.systems.learning_rows` (Pendulum-v1 also through tdppo's gym
+    backend; HalfCheetah-v5 as "tdppo gym compiled"); False: :data:`LEARNING` on every env."""
     note: str = ""
 
 
 _BASE = {"Pendulum-v1": 200_704, "CartPole-v1": 100_352, "Acrobot-v1": 100_352}
 MODES: dict[str, Settings] = {
-    "default": Settings(frames=_BASE, seeds=3),
-    "full": Settings(frames={**_BASE, "HalfCheetah-v5": 1_001_472}, seeds=3),
+    "default": Settings(frames=_BASE, seeds=3, per_env_rows=True),
+    "full": Settings(frames={**_BASE, "HalfCheetah-v5": 1_001_472}, seeds=3, per_env_rows=True),
     "quick": Settings(
         frames={"Pendulum-v1": 4096, "CartPole-v1": 4096},
         seeds=3,
@@ -63,6 +66,22 @@ MODES: dict[str, Settings] = {
         "tdppo eager).",
     ),
 }
+
+
+def _changes(base: Settings, s: Settings) -> str:
+    """What ``s`` changes of its mode ``base``, in words ('' when nothing)."""
+    out = []
+    if s.seeds != base.seeds:
+        out.append(f"{s.seeds} seed(s), not {base.seeds}")
+    for e, f in s.frames.items():
+        if e not in base.frames:
+            out.append(f"{e} added ({f:,} frames)")
+        elif f != base.frames[e]:
+            out.append(f"{e} {f:,} frames, not {base.frames[e]:,}")
+    dropped = [e for e in base.frames if e not in s.frames]
+    if dropped:
+        out.append("not run: " + ", ".join(dropped))
+    return ("Reduced / changed from the mode: " + "; ".join(out) + ".") if out else ""
 
 
 def _final(curve: list, frac: float = 0.1) -> float:
@@ -103,14 +122,26 @@ def run(
     seeds: int | None = None,
     frames: int | None = None,
     log: Callable[[str], None] = print,
+    envs: Sequence[tuple[str, int | None]] = (),
 ) -> dict[str, Path]:
-    """Run the benchmark in ``mode``; write curves and summary CSVs, markdown and plots."""
-    s = MODES[mode]
+    """Run the benchmark in ``mode``; write curves and summary CSVs, markdown and plots.
+
+    ``seeds``, ``frames`` (every env) and ``envs`` (``(env id, frames or None)`` replacing the
+    mode's envs; None: the mode's frames for it, else ``frames``, else 200,704) reduce or change
+    the mode; the files then carry ``-<mode>-reduced`` and the report lists what changed."""
+    base = s = MODES[mode]
+    batch = s.num_envs * s.num_steps
+    whole = lambda f: max(1, f // batch) * batch  # noqa: E731
     if seeds:
         s = replace(s, seeds=seeds)
     if frames:
-        batch = s.num_envs * s.num_steps
-        s = replace(s, frames={e: max(1, frames // batch) * batch for e in s.frames})
+        s = replace(s, frames={e: whole(frames) for e in s.frames})
+    if envs:
+        default = whole(frames) if frames else 200_704
+        s = replace(s, frames={e: whole(f) if f else s.frames.get(e, default) for e, f in envs})
+    changed = _changes(base, s)
+    if changed:
+        s = replace(s, note=(s.note + "\n\n" if s.note else "") + changed)
     facts = common.machine_facts(threads)
     log("machine: " + ", ".join(f"{k}={v}" for k, v in facts.items()))
 
@@ -130,7 +161,7 @@ def run(
         )
         rows = {
             name: (lambda seed, name=name, kw=kw: runner(name, eager=eager)(seed=seed, **kw))
-            for name in LEARNING
+            for name in (learning_rows(env_id) if s.per_env_rows else LEARNING)
         }
         results[env_id] = interleaved(rows, s.seeds, log)
 
@@ -166,11 +197,24 @@ def run(
                     "eval_max": ev[2],
                     "wall_s": finite_median([r["wall_s"] for r in ok]),
                     "sps": finite_median([r["sps"] for r in ok]),
+                    "sps_min": min((r["sps"] for r in ok), default=math.nan),
+                    "sps_max": max((r["sps"] for r in ok), default=math.nan),
                     "error": next((r["error"] for r in runs if r["error"]), ""),
                 }
             )
+        mine = [r for r in summary if r["env"] == env_id]
+        for who, col in ((REFERENCE, "x_cleanrl"), (SB3, "x_sb3")):
+            ref = next((r for r in mine if r["system"] == who), None)
+            for r in mine:
+                ok_ref = ref is not None and ref["sps"] > 0
+                r[col] = r["sps"] / ref["sps"] if ok_ref else math.nan
+                r[col.replace("x_", "wall_x_")] = (
+                    ref["wall_s"] / r["wall_s"] if ok_ref and r["wall_s"] > 0 else math.nan
+                )
 
     tag = "" if mode in ("default", "full") else f"-{mode}"
+    if changed:  # a reduced run keeps the mode's files
+        tag = f"-{mode}-reduced"
     out.mkdir(parents=True, exist_ok=True)
     files = {
         "csv": common.write_csv(out / f"learning{tag}.csv", summary, SUMMARY_COLS),
@@ -198,6 +242,12 @@ SUMMARY_COLS = [
     "eval_max",
     "wall_s",
     "sps",
+    "sps_min",
+    "sps_max",
+    "x_cleanrl",
+    "x_sb3",
+    "wall_x_cleanrl",
+    "wall_x_sb3",
     "error",
 ]
 CURVE_COLS = ["env", "system", "seed", "frames", "wall_s", "episode_return"]
@@ -233,11 +283,17 @@ def _sections(s: Settings, summary: list[dict], files: dict[str, Path]) -> list[
         + f". {s.seeds} seeds. `final_return`: mean over seeds of each run's mean episode return "
         f"over its last 10% of iterations (min/max across seeds beside it). `eval_return`: "
         f"{s.eval_episodes} deterministic episodes per seed on raw gymnasium envs, normaliser "
-        f"frozen. `sps` includes updates and excludes the first iteration."
+        f"frozen. `sps` includes updates and excludes the first iteration (median over seeds, "
+        f"`sps_min`/`sps_max` the spread). `x_cleanrl`, `x_sb3`: sps over CleanRL-style's and "
+        f"SB3's on the same env; `wall_x_cleanrl`, `wall_x_sb3`: their median wall-clock "
+        f"(setup and compilation included, evaluation not) over the row's."
     )
     if s.note:
         setup += f"\n\n{s.note}"
-    rows = "\n".join(f"- **{n}**: {SYSTEMS[n].note}" for n in LEARNING)
+    names = LEARNING
+    if s.per_env_rows:
+        names = list(dict.fromkeys(n for e in s.frames for n in learning_rows(e)))
+    rows = "\n".join(f"- **{n}**: {SYSTEMS[n].note}" for n in names)
     plots = "\n".join(f"![{k}]({p.name})" for k, p in files.items() if p.suffix == ".png")
     return [
         ("Setup", setup + "\n\nRows:\n\n" + rows),

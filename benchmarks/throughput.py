@@ -1,11 +1,14 @@
 """Training throughput per system, its env-only and update-only ceilings, and a num_envs sweep.
 
-``python -m benchmarks throughput [--quick|--smoke] [--threads N] [--frames N] [--out DIR]``
+``python -m benchmarks throughput [--quick|--smoke] [--threads N] [--frames N] [--out DIR]
+[--parts ...] [--envs ENV[:FRAMES],...]``
 
 Training SPS is frames per wall-clock second *with updates included*, taken between the end of
 the first iteration and the end of the last (compilation and warm-up excluded, as LeanRL does);
-``sps_total`` includes them. Rows run interleaved (A B C ... A B C ...); the table gives the
-median over repeats and the ratio to the CleanRL-style row on the same env.
+``sps_total`` includes them. Rows run interleaved (A B C ... A B C ...), every env's rows in one
+sequence; the table gives the median over repeats and the ratios to the CleanRL-style and SB3
+rows on the same env. The full mode trains Pendulum-v1 and CartPole-v1 with every system and
+HalfCheetah-v5 (MuJoCo, no built-in torch env) with SB3, CleanRL-style and tdppo's gym backend.
 
 Ceilings, per system: *env-only* is the system's own collection path stepped with random actions
 (normalisers on; for tdppo's torch envs the pure compiled batched step of the ``env_throughput``
@@ -19,21 +22,25 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchmarks import common, process
 from benchmarks.common import finite_median, fmt, interleaved
-from benchmarks.systems import REFERENCE, SYSTEMS, THROUGHPUT, ceiling, runner
+from benchmarks.systems import REFERENCE, SB3, SYSTEMS, ceiling, runner, throughput_rows
 
 
 @dataclass(frozen=True)
 class Settings:
     repeats: dict[str, int]
-    """Env id -> interleaved repeats of the training rows on it (the median is reported)."""
+    """Env id -> interleaved repeats of the training rows on it (the median is reported). The
+    rows of every env run in one interleaved sequence (repeat 0 of every env's rows, then repeat
+    1, ...); :func:`benchmarks.systems.throughput_rows` says which rows an env has."""
     frames: int
     """Frames per training run (whole batches of num_envs x num_steps)."""
+    env_frames: tuple[tuple[str, int], ...] = ()
+    """``(env id, frames)`` overriding ``frames`` for that env (``--envs ENV:FRAMES``)."""
     num_envs: int = 8
     num_steps: int = 256
     epochs: int = 10
@@ -58,7 +65,9 @@ class Settings:
 
 
 MODES: dict[str, Settings] = {
-    "full": Settings(repeats={"Pendulum-v1": 3, "CartPole-v1": 3}, frames=16 * 2048),
+    "full": Settings(
+        repeats={"Pendulum-v1": 3, "CartPole-v1": 3, "HalfCheetah-v5": 3}, frames=16 * 2048
+    ),
     "quick": Settings(
         repeats={"Pendulum-v1": 2},
         frames=2 * 2048,
@@ -113,30 +122,46 @@ def sweep_steps(num_envs: int) -> int:
     return max(16, min(256, 65536 // num_envs))
 
 
+def frames_for(s: Settings, env_id: str) -> int:
+    return dict(s.env_frames).get(env_id, s.frames)
+
+
 def _training(s: Settings, threads: int, log: Callable[[str], None]) -> list[dict]:
+    """Every env's rows in one interleaved sequence: repeat 0 of each (env, row), then repeat 1,
+    ... (an env with fewer repeats drops out); a row that failed is not run again."""
     eager = not s.compile
-    runs = []
-    for env_id, repeats in s.repeats.items():
-        log(f"== training throughput on {env_id}")
+
+    def call(name: str, env_id: str, r: int) -> dict:
+        return runner(name, eager=eager)(
+            env_id=env_id,
+            frames=frames_for(s, env_id),
+            seed=r,
+            num_envs=s.num_envs,
+            num_steps=s.num_steps,
+            epochs=s.epochs,
+            minibatches=s.minibatches,
+            threads=threads,
+            eval_episodes=0,
+        )
+
+    log("== training throughput on " + ", ".join(s.repeats))
+    runs, failed = [], set()
+    for r in range(max(s.repeats.values(), default=0)):
         rows = {
-            name: (
-                lambda r, name=name, env_id=env_id: runner(name, eager=eager)(
-                    env_id=env_id,
-                    frames=s.frames,
-                    seed=r,
-                    num_envs=s.num_envs,
-                    num_steps=s.num_steps,
-                    epochs=s.epochs,
-                    minibatches=s.minibatches,
-                    threads=threads,
-                    eval_episodes=0,
-                )
-            )
-            for name in THROUGHPUT
+            f"{env_id}|{name}": (lambda _r, name=name, env_id=env_id, r=r: call(name, env_id, r))
+            for env_id, repeats in s.repeats.items()
+            if r < repeats
+            for name in throughput_rows(env_id)
+            if f"{env_id}|{name}" not in failed
         }
-        for name, results in interleaved(rows, repeats, log).items():
+        relog = lambda m, r=r: log(m.replace("] repeat 0:", f"] repeat {r}:"))  # noqa: E731
+        for key, results in interleaved(rows, 1, relog).items():
+            env_id, name = key.split("|", 1)
             for res in results:
-                runs.append({"env": env_id, "system": name, **_without_curve(res)})
+                res = {**_without_curve(res), "repeat": r}
+                if res["error"]:
+                    failed.add(key)
+                runs.append({"env": env_id, "system": name, **res})
     return runs
 
 
@@ -168,8 +193,10 @@ def summarize(runs: list[dict]) -> list[dict]:
                 }
             )
         ref = next((r["sps"] for r in rows if r["system"] == REFERENCE), math.nan)
+        sb3 = next((r["sps"] for r in rows if r["system"] == SB3), math.nan)
         for r in rows:
             r["x_cleanrl"] = r["sps"] / ref if ref and math.isfinite(ref) else math.nan
+            r["x_sb3"] = r["sps"] / sb3 if sb3 and math.isfinite(sb3) else math.nan
         out += rows
     return out
 
@@ -281,6 +308,7 @@ SUMMARY_COLS = [
     "system",
     "sps",
     "x_cleanrl",
+    "x_sb3",
     "sps_min",
     "sps_max",
     "sps_total",
@@ -350,15 +378,25 @@ def run(
     frames: int | None = None,
     log: Callable[[str], None] = print,
     parts: tuple[str, ...] = PARTS,
+    envs: Sequence[tuple[str, int | None]] = (),
 ) -> dict[str, Path]:
     """Run the benchmark in ``mode`` (full, quick, smoke); write CSVs, markdown and plots.
 
     ``parts``: which sections run (``process``: whole-process wall clock, one subprocess per
-    system; ``training``: in-process steady SPS of every system; ``sweep``; ``ceilings``)."""
+    system; ``training``: in-process steady SPS of every system; ``sweep``; ``ceilings``).
+    ``envs``: ``(env id, frames or None)`` replacing the mode's training envs (``--envs``); an
+    env the mode lacks gets the mode's largest repeat count."""
     s = MODES[mode]
+    batch = s.num_envs * s.num_steps
     if frames:
-        batch = s.num_envs * s.num_steps
-        s = Settings(**{**s.__dict__, "frames": max(1, frames // batch) * batch})
+        s = replace(s, frames=max(1, frames // batch) * batch)
+    if envs:
+        most = max(s.repeats.values())
+        s = replace(
+            s,
+            repeats={e: s.repeats.get(e, most) for e, _ in envs},
+            env_frames=tuple((e, max(1, f // batch) * batch) for e, f in envs if f),
+        )
     facts = common.machine_facts(threads)
     log("machine: " + ", ".join(f"{k}={v}" for k, v in facts.items()))
     proc_summary, proc_runs = _process(s, threads, log) if "process" in parts else ([], [])
@@ -370,6 +408,8 @@ def run(
     facts["load average (1, 5, 15 min) at the end"] = _loadavg()
 
     tag = mode_tag = "" if mode == "full" else f"-{mode}"
+    if envs:  # a run on chosen envs keeps the mode's files
+        tag = "-" + "-".join(dict.fromkeys(e.split("-v")[0] for e, _ in envs)) + tag
     if tuple(parts) != PARTS:  # a partial run keeps the full run's files
         tag = "-" + "-".join(parts) + tag
     out.mkdir(parents=True, exist_ok=True)
@@ -392,10 +432,7 @@ def run(
                 [r["sps"] for r in mine],
                 f"PPO training SPS, {env_id}, {threads} thread(s)",
                 "frames / s (updates included)",
-                notes=[
-                    f"({fmt(r['x_cleanrl'])}x CleanRL)" if math.isfinite(r["x_cleanrl"]) else ""
-                    for r in mine
-                ],
+                notes=[_ratios(r) for r in mine],
             )
     if "ceilings" in parts:
         files["ceilings_csv"] = common.write_csv(
@@ -424,27 +461,43 @@ def run(
         out / f"throughput{tag}.md",
         f"Training throughput ({mode})",
         facts,
-        _sections(s, mode, summary, ceilings, sweep, files, proc_summary, proc_runs),
+        _sections(s, mode, summary, ceilings, sweep, files, proc_summary, proc_runs, runs),
     )
     log(f"wrote {files['md']}")
     return files
 
 
+def _ratios(row: dict) -> str:
+    parts = [
+        f"{fmt(row[k])}x {who}"
+        for k, who in (("x_cleanrl", "CleanRL"), ("x_sb3", "SB3"))
+        if math.isfinite(row[k])
+    ]
+    return f"({', '.join(parts)})" if parts else ""
+
+
 def _sections(
-    s, mode, summary, ceilings, sweep, files, proc=(), proc_runs=()
+    s, mode, summary, ceilings, sweep, files, proc=(), proc_runs=(), runs=()
 ) -> list[tuple[str, str]]:
     setup = (
         f"{s.num_envs} envs x {s.num_steps} steps, {s.epochs} epochs x {s.minibatches} "
         f"minibatches, 64-64 tanh MLPs, lr 3e-4, gamma 0.99, lambda 0.95, clip 0.2, no entropy "
-        f"bonus, no value clipping; {s.frames} frames per run; median of the interleaved "
-        f"repeats (A B C ... A B C ...; "
+        f"bonus, no value clipping, the same for every system; frames per run: "
+        + ", ".join(f"{e} {frames_for(s, e)}" for e in s.repeats)
+        + "; median of the interleaved repeats (every env's rows in one sequence, A B C ... A B "
+        "C ...; "
         + ", ".join(f"{e}: {n}" for e, n in s.repeats.items())
         + "). `sps` excludes the first iteration "
-        "(compilation, warm-up); `sps_total` includes it. `x_cleanrl` = sps / CleanRL-style sps."
+        "(compilation, warm-up); `sps_total` includes it. `x_cleanrl` = sps / CleanRL-style sps, "
+        "`x_sb3` = sps / SB3 sps (medians); `sps_min`/`sps_max`: the spread over repeats."
     )
     if s.note:
         setup += f"\n\n{s.note}"
-    rows = "\n".join(f"- **{n}**: {SYSTEMS[n].note}" for n in THROUGHPUT)
+    names = dict.fromkeys(n for e in s.repeats for n in throughput_rows(e))
+    rows = "\n".join(f"- **{n}**: {SYSTEMS[n].note}" for n in names)
+    rows += "".join(
+        f"\n\n{e}: " + ", ".join(throughput_rows(e)) for e in s.repeats if len(s.repeats) > 1
+    )
     plots = "\n".join(f"![{k}]({p.name})" for k, p in files.items() if p.suffix == ".png")
     sections = [("Setup", setup + "\n\nRows:\n\n" + rows)] if summary else []
     if proc:
@@ -459,7 +512,12 @@ def _sections(
             )
         )
     if summary:
-        sections.append(("Training SPS", common.markdown_table(summary, SUMMARY_COLS)))
+        sections.append(
+            (
+                "Training SPS",
+                common.markdown_table(summary, SUMMARY_COLS) + "\n\n" + _paired_training(runs),
+            )
+        )
     if ceilings:
         sections.append(
             (
@@ -477,6 +535,25 @@ def _sections(
     if plots:
         sections.append(("Plots", plots))
     return sections
+
+
+def _paired_training(runs) -> str:
+    """Per env and tdppo row, each repeat's sps over CleanRL-style's and SB3's of that repeat
+    (the rows of one repeat ran back to back, so a pair sees similar load)."""
+    ok = [r for r in runs if not r.get("error")]
+    by = {(r["env"], r["system"], r["repeat"]): r["sps"] for r in ok}
+    lines = ["Paired by repeat (row sps / CleanRL-style sps; row sps / SB3 sps):", ""]
+    for env_id, name in dict.fromkeys((r["env"], r["system"]) for r in ok):
+        if not name.startswith("tdppo"):
+            continue
+        pairs = []
+        for (e, n, rep), sps in by.items():
+            if (e, n) != (env_id, name):
+                continue
+            ref, sb3 = by.get((e, REFERENCE, rep)), by.get((e, SB3, rep))
+            pairs.append("; ".join(fmt(sps / x) if x else "-" for x in (ref, sb3)))
+        lines.append(f"- {env_id}, {name}: " + ", ".join(pairs))
+    return "\n".join(lines)
 
 
 def _saturation(sweep: list[dict]) -> str:
