@@ -32,3 +32,25 @@ def test_stable_folder_when_unset(monkeypatch, tmp_path):
     from torch._inductor.runtime.cache_dir_utils import cache_dir as torch_cache_dir
 
     assert torch_cache_dir() == str(tmp_path / "t" / "inductor")
+
+
+def test_the_stable_folder_survives_torchs_own_default(tmp_path):
+    """``import tensordict`` makes torch write its default (``/tmp/torchinductor_<user>``) into
+    ``TORCHINDUCTOR_CACHE_DIR``; that is torch's choice, not the user's, so the stable folder
+    still wins (a fresh process, as ``tdppo train`` runs)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR",
+                                                            "TDPPO_CACHE_DIR")}  # fmt: skip
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+    code = (
+        "import os, tensordict\n"
+        "from torch._inductor.runtime.cache_dir_utils import default_cache_dir\n"
+        "assert os.environ['TORCHINDUCTOR_CACHE_DIR'] == os.path.abspath(default_cache_dir())\n"
+        "from tdppo import jit\n"
+        "print(jit.cache_dir())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(tmp_path / "xdg" / "tdppo" / "inductor")

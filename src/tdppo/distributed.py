@@ -56,6 +56,7 @@ class Shards:
     rank: int = 0
     world: int = 1
     group: Any = None
+    owned: bool = False  # whether init_shards started the process group (close_shards ends it)
 
     @property
     def local(self) -> int:
@@ -146,11 +147,25 @@ def init_shards(count: int, num_envs: int, device: torch.device) -> Shards:
         return Shards(count=count)
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         _init_process_group("nccl" if device.type == "cuda" else "gloo", world)
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return Shards(count=count, rank=dist.get_rank(), world=world, group=dist.group.WORLD)
+    return Shards(
+        count=count, rank=dist.get_rank(), world=world, group=dist.group.WORLD, owned=owned
+    )
+
+
+def close_shards(shards: Shards) -> None:
+    """End the process group that ``init_shards`` started. A group left to the interpreter's
+    exit tears its gloo threads down mid-destruction, and a worker then dies with SIGABRT
+    ("terminate called without an active exception") after its run has finished."""
+    if shards.world > 1 and shards.owned:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _init_process_group(backend: str, world: int) -> None:

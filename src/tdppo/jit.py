@@ -5,8 +5,9 @@ and run eagerly without a word; :func:`captured` reads dynamo's cache to tell.
 
 Compiled code is kept across processes in torch's own caches (inductor's FX graph cache and
 AOTAutograd's cache, both on by default in torch 2.13), in one stable folder,
-:func:`cache_dir`: ``$TORCHINDUCTOR_CACHE_DIR`` when set (a user's own setting is never
-changed), else ``$TDPPO_CACHE_DIR/inductor``, else ``$XDG_CACHE_HOME/tdppo/inductor`` (default
+:func:`cache_dir`: ``$TORCHINDUCTOR_CACHE_DIR`` when a user set it (their setting is never
+changed; torch's own default, which torch itself writes into that variable, is not a user's),
+else ``$TDPPO_CACHE_DIR/inductor``, else ``$XDG_CACHE_HOME/tdppo/inductor`` (default
 ``~/.cache/tdppo/inductor``), rather than torch's default under ``/tmp``, which a reboot may
 empty. Torch keys each entry on the traced graph, the torch version, its config and the machine,
 so a change to tdppo's code (or to torch) compiles anew instead of reusing a stale artifact.
@@ -39,7 +40,7 @@ def cache_dir() -> Path:
     """The folder of the persistent compile caches (see the module docstring); sets
     ``$TORCHINDUCTOR_CACHE_DIR`` to it when the user has not set it, before torch compiles."""
     user = os.environ.get(CACHE_ENV)
-    if user:
+    if user and os.path.abspath(user) != _torch_default_dir():
         return Path(user)
     base = os.environ.get("TDPPO_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
@@ -54,6 +55,15 @@ def cache_dir() -> Path:
         return Path(torch_cache_dir())
     os.environ[CACHE_ENV] = str(path)
     return path
+
+
+def _torch_default_dir() -> str:
+    """torch's own default folder, which ``import tensordict`` already writes into
+    ``$TORCHINDUCTOR_CACHE_DIR`` (torch's ``cache_dir()`` records its choice there): that value
+    is torch's, not a user's (a user who sets exactly this folder gets tdppo's instead)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    return os.path.abspath(default_cache_dir())
 
 
 def compiled(fn: Callable, *, mode: str | None = None, backend: str = "inductor") -> Callable:

@@ -35,6 +35,7 @@ from tdppo.distributed import (
     Shards,
     any_process,
     barrier,
+    close_shards,
     gather_envs,
     init_shards,
     slice_envs,
@@ -105,6 +106,13 @@ def train(
         members = member_configs(cfg, seeds, sweep)
         pop_meta = population_meta(seeds, sweep, members)
     shards = init_shards(cfg.shards, cfg.num_envs, device)
+    try:
+        return _train(cfg, device, members, pop_meta, shards)
+    finally:
+        close_shards(shards)
+
+
+def _train(cfg: Config, device, members, pop_meta, shards: Shards) -> TensorDict:
     if members is not None and shards.count > 1:
         raise ValueError("a population runs in one process with --shards 1")
     if shards.world > 1 and not cfg.run_dir:
