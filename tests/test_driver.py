@@ -159,6 +159,28 @@ def test_compiled_parts_capture_graphs(kind, tmp_path, monkeypatch):
     assert all(captured(fn) for fn in parts.values())
 
 
+@pytest.mark.compile
+def test_skipping_guards_after_the_first_iteration_changes_nothing(kind, tmp_path, monkeypatch):
+    """From its second iteration the driver skips dynamo's guard checks
+    (``jit.guards_checked``); the run equals one that checks every guard, bit for bit."""
+    import contextlib
+
+    from tdppo import jit
+
+    real, asked = jit.guards_checked, []
+
+    def spy(checked: bool):
+        asked.append(checked)
+        return real(checked)
+
+    kw = dict(env="Pendulum-v1", compile=True, hidden=(8,), num_steps=4, checkpoint_every=0)
+    monkeypatch.setattr(jit, "guards_checked", spy)
+    skipped = _train(kind, tmp_path / "a", 3, **kw)
+    assert asked[0] and len(asked) > 1 and not any(asked[1:])
+    monkeypatch.setattr(jit, "guards_checked", lambda checked: contextlib.nullcontext())
+    _same(skipped, _train(kind, tmp_path / "b", 3, **kw))
+
+
 def test_tensorboard_logs_every_metric(kind, tmp_path):
     """TensorBoard's own reader (tensorboard's EventAccumulator) finds the metrics.csv values."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["compiled", "captured", "cache_dir"]
+__all__ = ["compiled", "captured", "cache_dir", "guards_checked"]
 
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 """torch's own variable for the folder of its compile caches (read when torch compiles)."""
@@ -107,3 +107,21 @@ def captured(fn: Callable) -> bool:
         if any(name.startswith("__compiled_fn") for name in entry.code.co_names):
             return True
     return False
+
+
+def guards_checked(checked: bool):
+    """A context in which compiled functions check dynamo's guards (``checked``), or only the
+    guards that tell their compiled variants apart (``torch.compiler.set_stance``'s
+    ``skip_guard_eval_unsafe``).
+
+    The driver checks every guard in its first iteration, which compiles (or loads) each variant
+    the step meets, and skips them afterwards: each later iteration calls the same compiled
+    functions on inputs of the same structure, shapes, dtypes and strides (the state is updated
+    in place), so the guards can only pass again. Anything else compiled (evaluation, a user's
+    own code) runs outside this context, guards checked.
+    """
+    import contextlib
+
+    if checked:
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)

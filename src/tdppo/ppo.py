@@ -352,19 +352,17 @@ def make_update(
         if mb_size * minibatches != size:
             raise ValueError(f"batch of {size} does not split into {minibatches} minibatches")
         p, o, h = _plain(params), _plain(opt_state), {k: hp[k] for k in UPDATE_HP}
-        total = dict.fromkeys(METRICS, 0.0)
+        per_step = []
         for epoch in range(epochs):
             perm = permute(tr.fold_in(key, epoch), size)
-            shuffled = {k: _take(v, perm) for k, v in data.items()}  # one gather per key
+            # one gather per key, then its minibatches as views (one split per key)
+            slices = {k: _take(v, perm).split(mb_size, sample_dim) for k, v in data.items()}
             for i in range(minibatches):
-                minibatch = {
-                    k: v.narrow(sample_dim, i * mb_size, mb_size) for k, v in shuffled.items()
-                }
-                p, o, metrics = step(p, o, minibatch, h)
-                total = {k: total[k] + metrics[k] for k in METRICS}
-        n = epochs * minibatches
-        metrics = TensorDict({k: v / n for k, v in total.items()}, batch_size=key.shape)
-        return _like(params, p), _like(opt_state, o), metrics
+                p, o, metrics = step(p, o, {k: v[i] for k, v in slices.items()}, h)
+                per_step.append(metrics)
+        # the mean over all minibatch steps: one stack per metric, not an add per step
+        means = {k: torch.stack([m[k] for m in per_step]).mean(0) for k in METRICS}
+        return _like(params, p), _like(opt_state, o), TensorDict(means, batch_size=key.shape)
 
     update.minibatch_step = step
     return update

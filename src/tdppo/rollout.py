@@ -27,7 +27,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.utils._pytree as pytree
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import TransformedEnv
 from torchrl.envs.transforms import Compose, RewardSum
@@ -217,16 +216,25 @@ class FusedCollector:
         keys = trand.fold_in(policy_key.unsqueeze(-1), steps0.unsqueeze(-1) + t)  # [*M, T]
         c, ts, p = _plain(carry), _plain(tstate), _plain(params)
         out = []
-        for i in range(num_steps):
-            c, ts, trans = self.env_step(c, ts, p, keys[..., i], env_key)
+        for key in keys.unbind(-1):
+            c, ts, trans = self.env_step(c, ts, p, key, env_key)
             out.append(trans)
-        time_dim = carry.batch_dims
-        batch = pytree.tree_map(lambda *xs: torch.stack(xs, dim=time_dim), *out)
+        batch = stack_trees(out, dim=carry.batch_dims)
         return (
             TensorDict(c, batch_size=carry.batch_size),
             TensorDict(ts, batch_size=tstate.batch_size),
             TensorDict(batch, batch_size=[*carry.batch_size, num_steps]),
         )
+
+
+def stack_trees(trees: list[dict], dim: int) -> dict:
+    """``torch.stack`` of the leaves of nested dicts of one structure, along ``dim``: what
+    ``pytree.tree_map(lambda *xs: torch.stack(xs, dim), *trees)`` returns, written out because
+    that flattens every tree in Python (~9 ms for a 256-step rollout here; this takes ~0.6)."""
+    first = trees[0]
+    if isinstance(first, dict):
+        return {k: stack_trees([t[k] for t in trees], dim) for k in first}
+    return torch.stack(trees, dim=dim)
 
 
 def _plain(tree) -> dict:

@@ -235,7 +235,8 @@ def _run(cfg, device, run_dir: Path, members, pop_meta, stop, shards: Shards) ->
     it = int(state["counters", "updates"].reshape(-1)[0])
     first = True
     while it < total_iters:
-        new_state, metrics = step(state)
+        with jit.guards_checked(first or not cfg.compile):  # iteration 1 checks every guard
+            new_state, metrics = step(state)
         if first and cfg.compile:
             _check_captured(step)
         first = False
