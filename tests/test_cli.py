@@ -296,6 +296,34 @@ def test_resume_typed_mutable_flag_applies_and_untyped_ones_stay(tmp_path):
     assert cfg["keep"] == 1 and cfg["checkpoint_every"] == 128 and cfg["compile"] is False
 
 
+def test_resume_typing_an_exactness_field_says_bit_exactness_is_not_promised(tmp_path):
+    """--threads (like --compile, --device) may change on resume, but only when typed, and then
+    stderr and metrics.csv say the run is no longer bit-exact with the uninterrupted one."""
+    run = tmp_path / "run"
+    tdppo("train", *SMALL, "--frames", 128, "--run-dir", run)
+    quiet = tdppo("train", "--resume", "--run-dir", run, "--frames", 256)
+    assert "bit-exact" not in quiet.stderr
+    p = tdppo("train", "--resume", "--run-dir", run, "--frames", 384, "--threads", 2)
+    assert "threads" in p.stderr and "bit-exactness" in p.stderr
+    assert "no longer promised" in p.stderr
+    assert "no longer promised" in (run / "metrics.csv").read_text()
+    assert manifest_config(run)["threads"] == 2
+
+
+def test_adam_eps_flag_reaches_the_optimizer(tmp_path):
+    """`--adam-eps` did nothing once; typed, it is recorded in the state's hyperparameters and
+    changes the trained parameters (the same run with another eps differs)."""
+    runs = {}
+    for eps in ("1e-5", "0.5"):
+        run = tmp_path / eps
+        tdppo("train", *SMALL, "--frames", 128, "--run-dir", run, "--adam-eps", eps)
+        runs[eps] = ckpt.load_checkpoint(run)
+        assert float(runs[eps]["hp", "adam_eps"]) == float(eps)
+        assert manifest_config(run)["adam_eps"] == float(eps)
+    a, b = (r["policy"].flatten_keys("/") for r in runs.values())
+    assert any(not torch.equal(a[k], b[k]) for k in a.keys())
+
+
 def test_resume_typed_fixed_fields_refused_listing_them_nothing_touched(tmp_path):
     run = tmp_path / "run"
     tdppo("train", *SMALL, "--frames", 128, "--run-dir", run)

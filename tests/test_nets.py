@@ -152,6 +152,37 @@ def test_value_matches_critic_module_and_leaves_inputs_untouched():
     torch.testing.assert_close(nets.value(critic, params.to_dict(), obs), expected)
 
 
+@pytest.mark.parametrize("kind", ["continuous", "discrete", "critic"])
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu", "silu"])
+def test_plain_function_forward_is_the_modules_forward_bit_for_bit(kind, activation):
+    """The networks tdppo builds run as plain functions of their params (nets._call); their
+    outputs are the TorchRL / tensordict modules' own forward, bit for bit, with the module's
+    own weights and with other weights (the module is left as it was)."""
+    torch.manual_seed(1)
+    if kind == "critic":
+        module = nets.make_critic(OBS, activation=activation)
+        inner = module
+        keys = ["state_value"]
+    else:
+        module = nets.make_actor(OBS, _spec(kind), activation=activation, init_log_std=-0.3)
+        inner = module.module[0]  # the TensorDictModule that writes the distribution params
+        keys = ["loc", "scale"] if kind == "continuous" else ["logits"]
+    net, _ = nets._network(module)
+    assert net._tdppo_pure
+    params = TensorDict.from_module(module).detach().clone()
+    obs = 3 * torch.randn(33, OBS)
+    for shift in (0.0, 0.2):
+        p = params.apply(lambda t, s=shift: t + s)
+        got = nets._call(module, p.to_dict(), obs)
+        got = got if isinstance(got, tuple) else (got,)
+        with p.to_module(module):
+            ref = inner(TensorDict(observation=obs, batch_size=[33]))
+        assert len(got) == len(keys)
+        for k, g in zip(keys, got):
+            assert torch.equal(g, ref[k]), k
+    assert (TensorDict.from_module(module) == params).all()
+
+
 def test_helpers_vmap_over_stacked_params():
     actors = [_perturbed_actor("continuous", seed) for seed in (0, 1)]
     stacked = torch.stack([TensorDict.from_module(a).detach() for a in actors])

@@ -6,8 +6,9 @@
 ``N``: every random draw comes from the one root key and global env or shard ids, so one process
 running ``S`` shards and ``N`` processes running ``S / N`` each compute the same run.
 
-Where the processes meet (all through ``torch.distributed``'s functional collectives, which work
-eagerly and inside compiled graphs; gloo on CPU, NCCL on CUDA):
+Where the processes meet (gloo on CPU, NCCL on CUDA). Under ``torchrun`` the train step runs
+eagerly (the trainer turns ``--compile`` off and says so: collectives inside inductor's CPU
+graphs corrupted memory with gloo here), so the collectives below are eager calls:
 
 - **Normalizer statistics**, every vector step: each shard's batch moments (count, mean, M2 in
   float64, :func:`shard_moments`) are gathered in shard order and Chan-merged left to right into

@@ -85,7 +85,14 @@ def _mlp(
         layers += [_linear(sizes[i], sizes[i + 1], math.sqrt(2.0), device)]
         layers += [_ACTIVATIONS[activation]()]
     layers.append(_linear(sizes[-1], out_dim, head_std, device))
-    return nn.Sequential(*layers)
+    return _mark_pure(nn.Sequential(*layers))
+
+
+def _mark_pure(net: nn.Sequential) -> nn.Sequential:
+    """Mark a network of biased Linear layers, :data:`_ACTIVATIONS` and an exp-mapped
+    ``AddStateIndependentNormalScale`` head, which :func:`_call` runs as a plain function."""
+    net._tdppo_pure = True
+    return net
 
 
 def _linear(n_in: int, n_out: int, std: float, device: torch.device | str | None) -> nn.Linear:
@@ -135,7 +142,7 @@ def make_actor(
         scale = AddStateIndependentNormalScale(
             act_dim, scale_mapping="exp", init_value=init_log_std, device=device
         )
-        net = nn.Sequential(*body, scale)
+        net = _mark_pure(nn.Sequential(*body, scale))
         module = TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"])
         dist_keys, dist_class = ["loc", "scale"], IndependentNormal
     return ProbabilisticActor(
@@ -179,9 +186,26 @@ def _subtree(tree: Mapping, key: tuple[str, ...]) -> Mapping:
 
 def _call(module: nn.Module, params: Mapping, obs: torch.Tensor):
     """Run ``module``'s network on ``obs`` with ``params`` (``from_module(module)`` layout, as a
-    TensorDict or nested dict). ``functional_call`` leaves the module and ``params`` untouched."""
+    TensorDict or nested dict); neither is modified.
+
+    The networks :func:`make_actor` and :func:`make_critic` build (marked ``_tdppo_pure``) run
+    as plain functions of ``params``, layer by layer with the ops of each layer's ``forward``
+    (the same bits): ``torch.compile`` traces that faster than ``torch.func.functional_call``'s
+    parameter swapping (README, Performance). Any other network goes through
+    ``functional_call``."""
     net, prefix = _network(module)
     sub = _subtree(params, prefix)
+    if getattr(net, "_tdppo_pure", False):
+        x = obs
+        for name, layer in net.named_children():
+            if isinstance(layer, nn.Linear):
+                x = nn.functional.linear(x, sub[name]["weight"], sub[name]["bias"])
+            elif isinstance(layer, AddStateIndependentNormalScale):  # exp mapping, the last layer
+                scale = sub[name]["state_independent_scale"].expand_as(x)
+                return x, torch.exp(scale).clamp_min(layer.scale_lb)
+            else:  # an activation of _ACTIVATIONS: no parameters
+                x = layer(x)
+        return x
     tensors = {}
     for name, _ in [*net.named_parameters(), *net.named_buffers()]:
         tensors[name] = _subtree(sub, tuple(name.split(".")))
