@@ -1,6 +1,13 @@
 """Learning curves: return vs frames and vs wall-clock, several seeds, tdppo vs SB3 vs CleanRL.
 
-``python -m benchmarks learning [--quick|--smoke|--full] [--seeds N] [--threads N] [--out DIR]``
+``python -m benchmarks learning [--quick|--smoke|--full] [--seeds N] [--threads N] [--out DIR]
+[--frames N] [--envs ENV[:FRAMES],...]``
+
+The default and full modes add tdppo's gym backend ("tdppo gym compiled") on Pendulum-v1 beside
+"tdppo" (which picks the built-in torch env there) and run HalfCheetah-v5 (full) through the gym
+backend only. ``--envs``/``--seeds``/``--frames`` give a reduced run, written to
+``learning*-<mode>-reduced.*`` with the reductions listed in its report, e.g.
+``--full --envs Pendulum-v1,HalfCheetah-v5:131072 --seeds 2``.
 
 Every system trains with the same hyperparameters (8 envs x 256 steps, 10 epochs x 8
 minibatches, 64-64 tanh MLPs, lr 3e-4, gamma 0.99, lambda 0.95, clip 0.2, no entropy bonus), seeds

@@ -541,8 +541,8 @@ def _paired_training(runs) -> str:
     """Per env and tdppo row, each repeat's sps over CleanRL-style's and SB3's of that repeat
     (the rows of one repeat ran back to back, so a pair sees similar load)."""
     ok = [r for r in runs if not r.get("error")]
-    by = {(r["env"], r["system"], r["repeat"]): r["sps"] for r in ok}
-    lines = ["Paired by repeat (row sps / CleanRL-style sps; row sps / SB3 sps):", ""]
+    by = {(r["env"], r["system"], int(r["repeat"])): float(r["sps"]) for r in ok}
+    lines = ["Paired by repeat (row sps / CleanRL-style sps, row sps / SB3 sps, same repeat):", ""]
     for env_id, name in dict.fromkeys((r["env"], r["system"]) for r in ok):
         if not name.startswith("tdppo"):
             continue
@@ -551,8 +551,9 @@ def _paired_training(runs) -> str:
             if (e, n) != (env_id, name):
                 continue
             ref, sb3 = by.get((e, REFERENCE, rep)), by.get((e, SB3, rep))
-            pairs.append("; ".join(fmt(sps / x) if x else "-" for x in (ref, sb3)))
-        lines.append(f"- {env_id}, {name}: " + ", ".join(pairs))
+            x = [f"{fmt(sps / v)}x {who}" for v, who in ((ref, "CleanRL"), (sb3, "SB3")) if v]
+            pairs.append(f"repeat {rep}: " + ", ".join(x))
+        lines.append(f"- {env_id}, {name}: " + "; ".join(pairs))
     return "\n".join(lines)
 
 
