@@ -256,10 +256,10 @@ def test_resume_bit_exact_through_gym_backend(env_id, tmp_path, capsys):
     assert_same_state(straight, resumed)
 
 
-def _cli_args(run_dir, frames, every, resume=False):
-    n_envs, n_steps, _ = E2E["Pendulum-v1"]
+def _cli_args(env_id, run_dir, frames, every, resume=False):
+    n_envs, n_steps, _ = E2E[env_id]
     args = [
-        "train", "--env", "Pendulum-v1", "--backend", "gym", "--num-envs", n_envs,
+        "train", "--env", env_id, "--backend", "gym", "--num-envs", n_envs,
         "--num-steps", n_steps, "--epochs", 1, "--minibatches", 2, "--no-compile", "--quiet",
         "--eval-episodes", 0, "--threads", 1, "--frames", frames, "--run-dir", run_dir,
         "--checkpoint-every", every,
@@ -277,11 +277,12 @@ def _crash_run(mode, n, args):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_checkpoint_then_resume_is_bit_exact(tmp_path, monkeypatch):
+@pytest.mark.parametrize("env_id", list(E2E))
+def test_sigkill_mid_checkpoint_then_resume_is_bit_exact(env_id, tmp_path, monkeypatch):
     """SIGKILL inside the second checkpoint's write (at its middle fsync), then resume from
     the first: the end state equals the uninterrupted run's. The uninterrupted run (in
     process, the CLI's code path) also tells which fsync calls each checkpoint write makes."""
-    n_envs, n_steps, _ = E2E["Pendulum-v1"]
+    n_envs, n_steps, _ = E2E[env_id]
     every, total = n_envs * n_steps * 2, n_envs * n_steps * 8
     calls: list = []  # per fsync: which checkpoint write made it (None: none)
     real_fsync = os.fsync
@@ -296,7 +297,7 @@ def test_sigkill_mid_checkpoint_then_resume_is_bit_exact(tmp_path, monkeypatch):
         return real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    train(_cfg("Pendulum-v1", tmp_path / "ref", total, checkpoint_every=every))
+    train(_cfg(env_id, tmp_path / "ref", total, checkpoint_every=every))
     monkeypatch.setattr(os, "fsync", real_fsync)
     groups: dict = {}  # write -> [first, last] fsync number (1-based)
     for i, write in enumerate(calls, start=1):
@@ -307,11 +308,11 @@ def test_sigkill_mid_checkpoint_then_resume_is_bit_exact(tmp_path, monkeypatch):
     kill_at = (groups[1][0] + groups[1][1] + 1) // 2
 
     run = tmp_path / "run"
-    p = _crash_run("fsync", kill_at, _cli_args(run, total, every))
+    p = _crash_run("fsync", kill_at, _cli_args(env_id, run, total, every))
     assert p.returncode == -9, p.stderr[-2000:]
     latest = (run / "checkpoints" / "LATEST").read_text().strip()
     assert int(latest) == every, "the kill must land inside the second checkpoint's write"
-    p = _crash_run("none", 0, _cli_args(run, total, every, resume=True))
+    p = _crash_run("none", 0, _cli_args(env_id, run, total, every, resume=True))
     assert p.returncode == 0, p.stderr[-2000:]
     assert "starts new episodes" not in p.stderr
     assert_same_state(load_checkpoint(tmp_path / "ref"), load_checkpoint(run))
