@@ -310,6 +310,27 @@ def test_resume_typing_an_exactness_field_says_bit_exactness_is_not_promised(tmp
     assert manifest_config(run)["threads"] == 2
 
 
+@pytest.mark.parametrize("backend", ["torch", "gym"])
+def test_runs_without_normalizers_train_resume_and_evaluate(backend, tmp_path):
+    """Both normalizers off leaves the transform stack without buffers: training, resume and
+    eval still work (they ended in a KeyError traceback on both backends)."""
+    run = tmp_path / "run"
+    args = [*SMALL, "--env", "Pendulum-v1", "--backend", backend, "--no-normalize-obs",
+            "--no-normalize-reward", "--run-dir", run]  # fmt: skip
+    tdppo("train", *args, "--frames", 128)
+    tdppo("train", "--resume", "--run-dir", run, "--frames", 256)
+    p = tdppo("eval", run, "--episodes", 1)
+    assert json.loads(p.stdout.strip().splitlines()[-1])["episodes"] == 1
+    assert "transforms" not in ckpt.load_checkpoint(run)["transforms"].keys()
+
+
+def test_one_sample_minibatches_are_refused_in_one_line(tmp_path):
+    p = tdppo("train", *SMALL, "--num-envs", 2, "--num-steps", 16, "--minibatches", 32,
+              "--frames", 64, "--run-dir", tmp_path / "r", check=False)  # fmt: skip
+    assert p.returncode == 2 and "advantage normalization needs >= 2" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
 def test_adam_eps_flag_reaches_the_optimizer(tmp_path):
     """`--adam-eps` did nothing once; typed, it is recorded in the state's hyperparameters and
     changes the trained parameters (the same run with another eps differs)."""

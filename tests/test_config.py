@@ -333,6 +333,7 @@ def test_existing_checks_still_hold():
     for bad, word in [
         (dict(num_envs=0), "num_envs"),
         (dict(num_envs=3, num_steps=5, minibatches=4), "divisible"),
+        (dict(num_envs=2, num_steps=16, minibatches=32), "advantage normalization needs >= 2"),
         (dict(gamma=0.0), "gamma"),
         (dict(gae_lambda=1.5), "gae_lambda"),
         (dict(lr=0.0), "lr"),
@@ -341,3 +342,4 @@ def test_existing_checks_still_hold():
     ]:
         with pytest.raises(ValueError, match=word):
             Config(**bad).validate()
+    Config(num_envs=2, num_steps=16, minibatches=32, norm_adv=False).validate()

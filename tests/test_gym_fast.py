@@ -74,3 +74,42 @@ def test_fast_collector_equals_generic_collector(env_id, n, steps, collects):
     finally:
         env_a.close()
         env_b.close()
+
+
+@pytest.mark.parametrize("collector_cls", [GenericCollector, GymFastCollector])
+def test_box_actions_reach_the_env_clipped_as_gymnasiums_clip_action_does(collector_cls):
+    """A wide Gaussian samples HalfCheetah actions far outside [-1, 1]. The batch keeps them as
+    sampled (PPO's ratio needs their log-probability); the env sees them clipped: the raw
+    rewards are those of gymnasium's own ``ClipAction`` vector wrapper replaying the same
+    actions from the same state, and differ from an unclipped replay."""
+    pytest.importorskip("mujoco", reason="needs the mujoco extra")
+    import gymnasium
+    import numpy as np
+
+    def build():
+        env = make_env("HalfCheetah-v5", 2, backend="gym", seed=5, normalize_obs=False,
+                       normalize_reward=False)  # fmt: skip
+        return env, env.reset().exclude("action", "sample_log_prob")
+
+    env, carry = build()
+    obs_dim = env.observation_spec["observation"].shape[-1]
+    actor = nets.make_actor(obs_dim, env.action_spec, hidden=(16,), init_log_std=1.5)
+    col = collector_cls(env, actor, trand.key(11), compile=False)
+    ts = TensorDict.from_module(env.transform).clone()
+    params = TensorDict.from_module(actor).data
+    _, _, batch = col.collect(carry, ts, params, torch.tensor(0), 8)
+    actions = batch["action"].numpy()  # [2, 8, 6]
+    assert (np.abs(actions) > 1).mean() > 0.3  # stored unclipped
+    rewards = {}
+    for clipped in (True, False):
+        ref, _ = build()  # the same seed: the same start states
+        vec = ref.base_env._env
+        vec = gymnasium.wrappers.vector.ClipAction(vec) if clipped else vec
+        rewards[clipped] = np.stack(
+            [vec.step(actions[:, t])[1] for t in range(actions.shape[1])], axis=1
+        )
+        ref.close()
+    got = batch["next", "reward"].squeeze(-1).numpy()
+    np.testing.assert_array_equal(got, rewards[True].astype(np.float32))
+    assert not np.allclose(got, rewards[False].astype(np.float32))
+    env.close()

@@ -145,6 +145,12 @@ class Config:
                 f"num_envs x num_steps = {self.batch_size} is not divisible by "
                 f"minibatches = {self.minibatches}"
             )
+        elif self.norm_adv and self.minibatches >= 1 and self.batch_size // self.minibatches < 2:
+            problems.append(
+                f"minibatches of {self.batch_size // self.minibatches} sample "
+                f"({self.batch_size} / {self.minibatches}): advantage normalization needs >= 2; "
+                "lower --minibatches or pass --no-norm-adv"
+            )
         if self.shards < 1 or self.num_envs % self.shards:
             problems.append(f"shards = {self.shards} must be >= 1 and divide num_envs")
         elif self.minibatches >= 1 and (self.batch_size // self.shards) % self.minibatches:

@@ -115,7 +115,7 @@ def fused_step(
     done = terminated | truncated
     reward = out.reward.unsqueeze(-1)
     stats, ep_ret, next_obs, reset_obs, out_reward = apply_plan(
-        plan, tstate["transforms"], carry.get("episode_reward"), out.next_observation,
+        plan, tstate.get("transforms", {}), carry.get("episode_reward"), out.next_observation,
         out.observation, reward, terminated, done, moments,
     )  # fmt: skip
     carry_obs = torch.where(done, reset_obs, next_obs)
@@ -136,7 +136,7 @@ def fused_step(
         new_carry["episode_reward"] = torch.where(done, torch.zeros_like(ep_ret), ep_ret)
         nxt["episode_reward"] = ep_ret
     trans = {"observation": obs, "action": action, "sample_log_prob": logp, "next": nxt}
-    return new_carry, {**tstate, "transforms": stats}, trans
+    return new_carry, _with_stats(tstate, stats), trans
 
 
 class FusedCollector:
@@ -305,3 +305,9 @@ def make_collector(
         except NotImplementedError:
             pass
     return GenericCollector(env, actor, policy_key, compile)
+
+
+def _with_stats(tstate: dict, stats: dict) -> dict:
+    """``tstate`` with the transforms' new statistics; a stack without buffers (no
+    normalizer) has no ``transforms`` entry and keeps none."""
+    return {**tstate, "transforms": stats} if "transforms" in tstate else tstate

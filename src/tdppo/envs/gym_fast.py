@@ -18,6 +18,7 @@ per-call ``EnvBase.step`` machinery. Per vector step it makes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -34,10 +35,25 @@ from tdppo.transforms import (
     apply_plan,
 )
 
-__all__ = ["GymFastCollector", "post_step"]
+__all__ = ["GymFastCollector", "post_step", "action_clipper"]
 
 # (index in Compose, kind "cast" | "sum" | "obs" | "reward", eps, clip)
 Plan = tuple[tuple[str, str, float, float | None], ...]
+
+
+def action_clipper(space: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """What the gym backend does to an action before the env sees it: a Box with finite bounds
+    clips to them (as CleanRL's ``ClipAction`` wrapper and SB3 do: MuJoCo charges its control
+    cost on the action it is handed); any other space passes it through. The batch keeps the
+    sampled, unclipped action, whose log-probability PPO's ratio needs. ``space`` is one
+    sub-env's action space (``SyncVectorEnv.single_action_space``)."""
+    import gymnasium
+
+    if isinstance(space, gymnasium.spaces.Box) and np.issubdtype(space.dtype, np.floating):
+        low, high = space.low, space.high
+        if np.all(np.isfinite(low)) and np.all(np.isfinite(high)):
+            return lambda a: np.clip(a, low, high)
+    return lambda a: a
 
 
 def post_step(
@@ -65,7 +81,7 @@ def post_step(
     """
     done = terminated | truncated
     stats, ep_ret, next_obs, reset_obs, out_reward = apply_plan(
-        plan, tstate["transforms"], ep_ret, next_obs, reset_obs, reward, terminated, done
+        plan, tstate.get("transforms", {}), ep_ret, next_obs, reset_obs, reward, terminated, done
     )
     no = torch.zeros_like(done)
     carry = {
@@ -84,7 +100,7 @@ def post_step(
     if ep_ret is not None:
         carry["episode_reward"] = torch.where(done, torch.zeros_like(ep_ret), ep_ret)
         nxt["episode_reward"] = ep_ret
-    return carry, {**tstate, "transforms": stats}, nxt
+    return carry, _with_stats(tstate, stats), nxt
 
 
 class GymFastCollector:
@@ -123,6 +139,7 @@ class GymFastCollector:
             plan.append((str(i), kind, float(getattr(t, "eps", 0.0)), getattr(t, "clip", None)))
         self.plan: Plan = tuple(plan)
         self.vec = vec
+        self.clip_action = action_clipper(vec.single_action_space)
         self.device = env.device if env.device is not None else torch.device("cpu")
         self.reward_dtype = base.reward_spec.dtype
         self.actor = actor
@@ -156,7 +173,9 @@ class GymFastCollector:
     def _env_step(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One vector step on numpy, then a reset of the done envs (``reset_mask``); the raw
         results as two tensors (see :meth:`_step_impl`)."""
-        obs, reward, terminated, truncated, _ = self.vec.step(action.detach().cpu().numpy())
+        obs, reward, terminated, truncated, _ = self.vec.step(
+            self.clip_action(action.detach().cpu().numpy())
+        )
         done = terminated | truncated
         if done.any():
             reset_obs, _ = self.vec.reset(options={"reset_mask": done})
@@ -216,3 +235,9 @@ class GymFastCollector:
             batch_size=[*carry.batch_size, num_steps],
         )
         return new_carry, TensorDict(ts, batch_size=[]), batch
+
+
+def _with_stats(tstate: dict, stats: dict) -> dict:
+    """``tstate`` with the transforms' new statistics; a stack without buffers (no
+    normalizer) has no ``transforms`` entry and keeps none."""
+    return {**tstate, "transforms": stats} if "transforms" in tstate else tstate

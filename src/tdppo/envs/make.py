@@ -20,6 +20,7 @@ from torchrl.envs.transforms import Compose, DoubleToFloat, RewardSum
 
 from tdppo.envs import gym_state
 from tdppo.envs.base import TorchEnv
+from tdppo.envs.gym_fast import action_clipper
 from tdppo.envs.registry import DYNAMICS
 from tdppo.transforms import RunningObservationNorm, RunningRewardNorm
 
@@ -88,6 +89,15 @@ class _GymEnv(GymEnv):
     """
 
     state_unsupported: str | None = "state capture not enabled"
+
+    def read_action(self, action):
+        """TorchRL's conversion to numpy, then :func:`tdppo.envs.gym_fast.action_clipper`: a
+        Box action is clipped to its finite bounds before the env steps (what the fast collector
+        does too), the action in the TensorDict is left as sampled."""
+        clip = self.__dict__.get("_clip_action")
+        if clip is None:
+            clip = self.__dict__["_clip_action"] = action_clipper(self._env.single_action_space)
+        return clip(super().read_action(action))
 
     def _async_env(self, env_fns, *args, **kwargs):
         import gymnasium
