@@ -39,6 +39,7 @@ from tdppo.transforms import (
     RunningObservationNorm,
     RunningRewardNorm,
     apply_plan,
+    with_stats,
 )
 
 # a fused transform plan: (index in Compose, kind "obs" | "reward" | "sum", eps, clip)
@@ -136,7 +137,7 @@ def fused_step(
         new_carry["episode_reward"] = torch.where(done, torch.zeros_like(ep_ret), ep_ret)
         nxt["episode_reward"] = ep_ret
     trans = {"observation": obs, "action": action, "sample_log_prob": logp, "next": nxt}
-    return new_carry, _with_stats(tstate, stats), trans
+    return new_carry, with_stats(tstate, stats), trans
 
 
 class FusedCollector:
@@ -305,9 +306,3 @@ def make_collector(
         except NotImplementedError:
             pass
     return GenericCollector(env, actor, policy_key, compile)
-
-
-def _with_stats(tstate: dict, stats: dict) -> dict:
-    """``tstate`` with the transforms' new statistics; a stack without buffers (no
-    normalizer) has no ``transforms`` entry and keeps none."""
-    return {**tstate, "transforms": stats} if "transforms" in tstate else tstate

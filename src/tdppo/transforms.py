@@ -39,7 +39,7 @@ from tdppo import stats
 
 __all__ = [
     "RunningObservationNorm", "RunningRewardNorm", "apply_plan", "obs_norm_step",
-    "reward_norm_step",
+    "reward_norm_step", "with_stats",
 ]  # fmt: skip
 
 _F64 = torch.float64
@@ -636,3 +636,10 @@ class RunningRewardNorm(_StatefulNorm, Transform):
             return _out_spec(leaf, self.clip)
         reward_spec[key] = _out_spec(leaf, self.clip)
         return reward_spec
+
+
+def with_stats(tstate: dict, stats: dict) -> dict:
+    """``tstate`` (``from_module(transform stack)`` as dicts) with :func:`apply_plan`'s new
+    statistics; a stack without buffers (no normalizer) has no ``transforms`` entry and keeps
+    none."""
+    return {**tstate, "transforms": stats} if "transforms" in tstate else tstate

@@ -33,6 +33,7 @@ from tdppo.transforms import (
     RunningObservationNorm,
     RunningRewardNorm,
     apply_plan,
+    with_stats,
 )
 
 __all__ = ["GymFastCollector", "post_step", "action_clipper"]
@@ -100,7 +101,7 @@ def post_step(
     if ep_ret is not None:
         carry["episode_reward"] = torch.where(done, torch.zeros_like(ep_ret), ep_ret)
         nxt["episode_reward"] = ep_ret
-    return carry, _with_stats(tstate, stats), nxt
+    return carry, with_stats(tstate, stats), nxt
 
 
 class GymFastCollector:
@@ -235,9 +236,3 @@ class GymFastCollector:
             batch_size=[*carry.batch_size, num_steps],
         )
         return new_carry, TensorDict(ts, batch_size=[]), batch
-
-
-def _with_stats(tstate: dict, stats: dict) -> dict:
-    """``tstate`` with the transforms' new statistics; a stack without buffers (no
-    normalizer) has no ``transforms`` entry and keeps none."""
-    return {**tstate, "transforms": stats} if "transforms" in tstate else tstate
