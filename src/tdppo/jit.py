@@ -24,6 +24,7 @@ Dynamo still traces the Python in each new process; what a warm cache skips is t
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -120,8 +121,6 @@ def guards_checked(checked: bool):
     in place), so the guards can only pass again. Anything else compiled (evaluation, a user's
     own code) runs outside this context, guards checked.
     """
-    import contextlib
-
     if checked:
         return contextlib.nullcontext()
     return torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)

@@ -39,7 +39,6 @@ from tdppo.transforms import (
     RunningObservationNorm,
     RunningRewardNorm,
     apply_plan,
-    with_stats,
 )
 
 # a fused transform plan: (index in Compose, kind "obs" | "reward" | "sum", eps, clip)
@@ -115,8 +114,8 @@ def fused_step(
     terminated, truncated = out.terminated.unsqueeze(-1), out.truncated.unsqueeze(-1)
     done = terminated | truncated
     reward = out.reward.unsqueeze(-1)
-    stats, ep_ret, next_obs, reset_obs, out_reward = apply_plan(
-        plan, tstate.get("transforms", {}), carry.get("episode_reward"), out.next_observation,
+    tstate, ep_ret, next_obs, reset_obs, out_reward = apply_plan(
+        plan, tstate, carry.get("episode_reward"), out.next_observation,
         out.observation, reward, terminated, done, moments,
     )  # fmt: skip
     carry_obs = torch.where(done, reset_obs, next_obs)
@@ -137,7 +136,7 @@ def fused_step(
         new_carry["episode_reward"] = torch.where(done, torch.zeros_like(ep_ret), ep_ret)
         nxt["episode_reward"] = ep_ret
     trans = {"observation": obs, "action": action, "sample_log_prob": logp, "next": nxt}
-    return new_carry, with_stats(tstate, stats), trans
+    return new_carry, tstate, trans
 
 
 class FusedCollector:

@@ -39,7 +39,7 @@ from tdppo import stats
 
 __all__ = [
     "RunningObservationNorm", "RunningRewardNorm", "apply_plan", "obs_norm_step",
-    "reward_norm_step", "with_stats",
+    "reward_norm_step",
 ]  # fmt: skip
 
 _F64 = torch.float64
@@ -179,7 +179,7 @@ def reward_norm_step(
 
 def apply_plan(
     plan,
-    stats: dict,
+    tstate: dict,
     ep_ret: torch.Tensor | None,
     next_obs: torch.Tensor,
     reset_obs: torch.Tensor,
@@ -191,11 +191,13 @@ def apply_plan(
     """One vector step through a fused transform stack, in pipeline order (pure).
 
     ``plan``: ``(index in Compose, kind, eps, clip)`` with kind ``"cast"`` (to float32),
-    ``"sum"`` (RewardSum), ``"obs"`` or ``"reward"``; ``stats``: the transforms' states by index.
-    ``reset_obs`` is the observation each env starts its next step from (the reset's where
-    ``done``). Returns ``(stats, ep_ret, next_obs, reset_obs, reward)`` after the stack.
+    ``"sum"`` (RewardSum), ``"obs"`` or ``"reward"``; ``tstate``: ``from_module(stack)`` as
+    dicts, the transforms' states by index under ``"transforms"`` (absent when no transform holds
+    a buffer, i.e. no normalizer). ``reset_obs`` is the observation each env starts its next step
+    from (the reset's where ``done``). Returns ``(tstate, ep_ret, next_obs, reset_obs, reward)``
+    after the stack, ``tstate`` with the same keys.
     """
-    stats, out_reward = dict(stats), reward
+    stats, out_reward = dict(tstate.get("transforms", {})), reward
     for i, kind, eps, clip in plan:
         if kind == "cast":
             next_obs, reset_obs = next_obs.to(torch.float32), reset_obs.to(torch.float32)
@@ -213,7 +215,8 @@ def apply_plan(
                 stats[i], out_reward, terminated, done, eps=eps, clip=clip, update=True,
                 moments=moments,
             )  # fmt: skip
-    return stats, ep_ret, next_obs, reset_obs, out_reward
+    new_tstate = {**tstate, "transforms": stats} if "transforms" in tstate else tstate
+    return new_tstate, ep_ret, next_obs, reset_obs, out_reward
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -636,10 +639,3 @@ class RunningRewardNorm(_StatefulNorm, Transform):
             return _out_spec(leaf, self.clip)
         reward_spec[key] = _out_spec(leaf, self.clip)
         return reward_spec
-
-
-def with_stats(tstate: dict, stats: dict) -> dict:
-    """``tstate`` (``from_module(transform stack)`` as dicts) with :func:`apply_plan`'s new
-    statistics; a stack without buffers (no normalizer) has no ``transforms`` entry and keeps
-    none."""
-    return {**tstate, "transforms": stats} if "transforms" in tstate else tstate

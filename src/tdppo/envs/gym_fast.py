@@ -33,7 +33,6 @@ from tdppo.transforms import (
     RunningObservationNorm,
     RunningRewardNorm,
     apply_plan,
-    with_stats,
 )
 
 __all__ = ["GymFastCollector", "post_step", "action_clipper"]
@@ -81,8 +80,8 @@ def post_step(
         the transition's ``next`` entries, as ``step_and_maybe_reset`` leaves them.
     """
     done = terminated | truncated
-    stats, ep_ret, next_obs, reset_obs, out_reward = apply_plan(
-        plan, tstate.get("transforms", {}), ep_ret, next_obs, reset_obs, reward, terminated, done
+    tstate, ep_ret, next_obs, reset_obs, out_reward = apply_plan(
+        plan, tstate, ep_ret, next_obs, reset_obs, reward, terminated, done
     )
     no = torch.zeros_like(done)
     carry = {
@@ -101,7 +100,7 @@ def post_step(
     if ep_ret is not None:
         carry["episode_reward"] = torch.where(done, torch.zeros_like(ep_ret), ep_ret)
         nxt["episode_reward"] = ep_ret
-    return carry, with_stats(tstate, stats), nxt
+    return carry, tstate, nxt
 
 
 class GymFastCollector:

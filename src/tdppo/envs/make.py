@@ -94,10 +94,7 @@ class _GymEnv(GymEnv):
         """TorchRL's conversion to numpy, then :func:`tdppo.envs.gym_fast.action_clipper`: a
         Box action is clipped to its finite bounds before the env steps (what the fast collector
         does too), the action in the TensorDict is left as sampled."""
-        clip = self.__dict__.get("_clip_action")
-        if clip is None:
-            clip = self.__dict__["_clip_action"] = action_clipper(self._env.single_action_space)
-        return clip(super().read_action(action))
+        return action_clipper(self._env.single_action_space)(super().read_action(action))
 
     def _async_env(self, env_fns, *args, **kwargs):
         import gymnasium
