@@ -99,6 +99,13 @@ def evaluate_raw(
     return float(np.mean(returns))
 
 
+def ppo_shape(s: Any) -> dict[str, int]:
+    """The rollout and update shape every system of a benchmark shares, from its settings."""
+    return dict(
+        num_envs=s.num_envs, num_steps=s.num_steps, epochs=s.epochs, minibatches=s.minibatches
+    )
+
+
 def finite_median(values: Sequence[float]) -> float:
     """Median of the finite values; NaN when there are none."""
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]

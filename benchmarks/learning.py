@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import common
-from benchmarks.common import finite_median, interleaved
+from benchmarks.common import finite_median, interleaved, ppo_shape
 from benchmarks.systems import LEARNING, REFERENCE, SB3, SYSTEMS, learning_rows, runner
 
 
@@ -159,10 +159,7 @@ def run(
         kw = dict(
             env_id=env_id,
             frames=env_frames,
-            num_envs=s.num_envs,
-            num_steps=s.num_steps,
-            epochs=s.epochs,
-            minibatches=s.minibatches,
+            **ppo_shape(s),
             threads=threads,
             eval_episodes=s.eval_episodes,
         )

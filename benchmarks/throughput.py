@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchmarks import common, process
-from benchmarks.common import finite_median, fmt, interleaved
+from benchmarks.common import finite_median, fmt, interleaved, ppo_shape
 from benchmarks.systems import REFERENCE, SB3, SYSTEMS, ceiling, runner, throughput_rows
 
 
@@ -136,10 +136,7 @@ def _training(s: Settings, threads: int, log: Callable[[str], None]) -> list[dic
             env_id=env_id,
             frames=frames_for(s, env_id),
             seed=r,
-            num_envs=s.num_envs,
-            num_steps=s.num_steps,
-            epochs=s.epochs,
-            minibatches=s.minibatches,
+            **ppo_shape(s),
             threads=threads,
             eval_episodes=0,
         )
@@ -222,10 +219,7 @@ def _ceilings(s: Settings, threads: int, summary: list[dict], log) -> list[dict]
                 "update_only",
                 eager=eager,
                 env_id=env_id,
-                num_envs=s.num_envs,
-                num_steps=s.num_steps,
-                epochs=s.epochs,
-                minibatches=s.minibatches,
+                **ppo_shape(s),
                 threads=threads,
                 iters=s.ceiling_iters,
             )
