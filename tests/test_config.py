@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import tdppo
-from tdppo import Config
+from tdppo import Config, jit
 
 EXACT = ("policy", "value", "optimizer", "transforms", "env", "rng", "counters")
 TIME_COLUMNS = ("time_s", "sps")  # wall clock: differs between any two runs
@@ -200,17 +200,16 @@ def threads(field, runs):
 
 
 def compile_(field, runs, monkeypatch):
-    # compile=True hands the collection step and the update to torch.compile; compile=False
-    # does not. Inductor's code generation costs 15-60 s here, so the graphs are compiled with
-    # dynamo's "eager" backend: really captured (the driver checks that), but not code-generated.
-    real, calls = torch.compile, []
+    # compile=True hands the collection step and the update to tdppo.jit.compiled; compile=False
+    # does not. Inductor's code generation costs 15-60 s here, so the spy compiles them with
+    # dynamo's "eager" backend: really captured (the driver checks that), not code-generated.
+    real, calls = jit.compiled, []
 
-    def recording_compile(fn=None, **kwargs):
+    def recording_compiled(fn, **kwargs):
         calls.append(getattr(fn, "__name__", repr(fn)))
-        kwargs.update(backend="eager", mode=None)
-        return real(fn, **kwargs)
+        return real(fn, **{**kwargs, "backend": "eager", "mode": None})
 
-    monkeypatch.setattr(torch, "compile", recording_compile)
+    monkeypatch.setattr(jit, "compiled", recording_compiled)
     runs.fresh()
     assert calls == []
     try:

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import tdppo
-from tdppo import Config
+from tdppo import Config, jit
 from tdppo.checkpoint import load_checkpoint
 from tdppo.cli import main
 
@@ -143,16 +143,17 @@ def test_cuda_asked_for_without_cuda_is_refused_with_one_line(tmp_path, capsys, 
 
 @pytest.mark.compile
 def test_reduce_overhead_is_never_requested_off_cuda(tmp_path, monkeypatch):
-    """With --compile on CPU the compiler is used, but never in CUDA-graph mode. torch.compile
-    is wrapped to record its arguments (and to use the cheap eager backend)."""
+    """With --compile on CPU the compiler is used, but never in CUDA-graph mode.
+    ``tdppo.jit.compiled`` is wrapped to record its arguments (and to use dynamo's cheap eager
+    backend)."""
     calls = []
-    real = torch.compile
+    real = jit.compiled
 
-    def recording(fn=None, **kw):
+    def recording(fn, **kw):
         calls.append(kw.get("mode"))
         return real(fn, **{**kw, "backend": "eager", "mode": None})
 
-    monkeypatch.setattr(torch, "compile", recording)
+    monkeypatch.setattr(jit, "compiled", recording)
     tdppo.train(cfg("Pendulum-v1", frames=256, device="cpu", compile=True, run_dir=str(tmp_path)))
     assert calls and "reduce-overhead" not in calls, calls
 

@@ -13,7 +13,7 @@ from torch import nn
 from torchrl.data import Bounded
 from torchrl.objectives import ClipPPOLoss
 
-from tdppo import nets, optim, ppo
+from tdppo import jit, nets, optim, ppo
 from tdppo import random as tr
 
 OBS, B = 4, 64
@@ -149,7 +149,11 @@ def test_minibatch_step_vmaps_over_two_members():
 
 @pytest.mark.compile
 @pytest.mark.slow
-def test_compiled_update_equals_eager_without_recompiling():
+@pytest.mark.parametrize("compiler", ["aot", "dynamo"])
+def test_compiled_update_equals_eager_without_recompiling(compiler, monkeypatch):
+    """Both ways ``tdppo.jit.compiled`` compiles on the CPU (``$TDPPO_COMPILER``) give the eager
+    update, and compile one minibatch-step graph, reused for every step and every call."""
+    monkeypatch.setenv(jit.COMPILER_ENV, compiler)
     actor, critic = _modules()
     params, batch = _params(actor, critic), _batch(actor)
     opt_state = optim.adam_init(params)
@@ -161,11 +165,16 @@ def test_compiled_update_equals_eager_without_recompiling():
     # in-process compilation: no worker pool to start on a 2-core box
     with torch._inductor.config.patch(compile_threads=1):
         compiled = ppo.make_update(actor, critic, compile=True, **kwargs)
+        assert isinstance(compiled.minibatch_step, jit.Aot) == (compiler == "aot")
         p_c, o_c, m_c = compiled(params, opt_state, batch, tr.key(0), _hp())
         with torch._dynamo.config.patch(error_on_recompile=True):
             # Second call from the updated state, with another learning-rate value.
             p_c2, o_c2, m_c2 = compiled(p_c, o_c, batch, tr.key(1), _hp(2 * LR))
-    assert counters["stats"]["unique_graphs"] == 1  # one minibatch-step graph, reused 8 times
+    if compiler == "aot":
+        assert len(compiled.minibatch_step._variants) == 1  # one graph, reused 8 times
+        assert jit.captured(compiled.minibatch_step)
+    else:
+        assert counters["stats"]["unique_graphs"] == 1  # one minibatch-step graph, reused 8 times
     p_e, o_e, m_e = eager(params, opt_state, batch, tr.key(0), _hp())
     p_e2, o_e2, m_e2 = eager(p_e, o_e, batch, tr.key(1), _hp(2 * LR))
     for got, exp in ((p_c, p_e), (o_c, o_e), (m_c, m_e), (p_c2, p_e2), (o_c2, o_e2), (m_c2, m_e2)):

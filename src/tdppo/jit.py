@@ -1,18 +1,24 @@
 """Compiling tdppo's pure functions, and checking that the compiler really captured them.
 
-``torch.compile`` of a function it cannot trace (a vmapped function, say) may capture no graph
-and run eagerly without a word; :func:`captured` reads dynamo's cache to tell.
+On the CPU, :func:`compiled` makes an :class:`Aot` function: ``make_fx`` traces it into an
+aten graph and AOTInductor compiles that graph into a package (a shared library) that later
+processes load in milliseconds; each call then runs the package's C++ runner directly, without
+dynamo's per-call frame, guards and Python wrapper. On CUDA (and with ``$TDPPO_COMPILER=dynamo``)
+it is ``torch.compile``; a ``torch.compile`` of a function it cannot trace (a vmapped function,
+say) may capture no graph and run eagerly without a word, and :func:`captured` tells.
 
-Compiled code is kept across processes in torch's own caches (inductor's FX graph cache and
-AOTAutograd's cache, both on by default in torch 2.13), in one stable folder,
-:func:`cache_dir`: ``$TORCHINDUCTOR_CACHE_DIR`` when a user set it (their setting is never
-changed; torch's own default, which torch itself writes into that variable, is not a user's),
-else ``$TDPPO_CACHE_DIR/inductor``, else ``$XDG_CACHE_HOME/tdppo/inductor`` (default
+Compiled code is kept across processes in one stable folder, :func:`cache_dir`:
+``$TORCHINDUCTOR_CACHE_DIR`` when a user set it (their setting is never changed; torch's own
+default, which torch itself writes into that variable, is not a user's), else
+``$TDPPO_CACHE_DIR/inductor``, else ``$XDG_CACHE_HOME/tdppo/inductor`` (default
 ``~/.cache/tdppo/inductor``), rather than torch's default under ``/tmp``, which a reboot may
-empty. Torch keys each entry on the traced graph, the torch version, its config and the machine,
-so a change to tdppo's code (or to torch) compiles anew instead of reusing a stale artifact.
-Dynamo still traces the Python in each new process; what a warm cache skips is the compilation
-(inductor's lowering, code generation and the C++ compiler). Delete the folder to start cold.
+empty. AOT packages live in its ``aot`` subfolder, keyed on the traced graph (code and
+constants), the input layout, torch's version, the thread count and the CPU's vector ISA;
+torch.compile's artifacts are torch's own FX graph and AOTAutograd caches, which torch keys on
+the traced graph, its version, its config and the machine. Either way a change to tdppo's code
+(or to torch) compiles anew instead of reusing a stale artifact; what a warm cache skips is the
+compilation (inductor's lowering, code generation and the C++ compiler), not the tracing.
+Delete the folder to start cold.
 
 >>> import torch
 >>> def add_one(x):
@@ -25,13 +31,19 @@ Dynamo still traces the Python in each new process; what a warm cache skips is t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import sys
+import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 
-__all__ = ["compiled", "captured", "cache_dir", "guards_checked"]
+__all__ = ["compiled", "captured", "cache_dir", "guards_checked", "Aot"]
 
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 """torch's own variable for the folder of its compile caches (read when torch compiles)."""
@@ -67,18 +79,278 @@ def _torch_default_dir() -> str:
     return os.path.abspath(default_cache_dir())
 
 
-def compiled(fn: Callable, *, mode: str | None = None, backend: str = "inductor") -> Callable:
-    """``torch.compile(fn)`` as one graph of static shapes (``fullgraph=True``, ``dynamic=False``).
+COMPILER_ENV = "TDPPO_COMPILER"
+"""``aot`` (default) or ``dynamo``: how :func:`compiled` compiles for the CPU (see :class:`Aot`)."""
 
-    ``mode`` is torch.compile's (``"reduce-overhead"``: CUDA graphs). The result remembers
-    ``fn``'s code object, which :func:`captured` looks up. Compiled artifacts persist in
-    :func:`cache_dir`.
+
+def compiled(fn: Callable, *, mode: str | None = None, backend: str = "inductor") -> Callable:
+    """``fn`` compiled as one graph of static shapes.
+
+    On the CPU (inductor, no ``mode``) it is an :class:`Aot` function: traced with ``make_fx``
+    and compiled ahead of time by AOTInductor into a package kept in :func:`cache_dir`, which a
+    later process loads instead of compiling (``$TDPPO_COMPILER=dynamo`` selects the other way).
+    Otherwise, and for CUDA inputs, it is ``torch.compile(fn, fullgraph=True, dynamic=False)``
+    (``mode`` is torch.compile's: ``"reduce-overhead"`` for CUDA graphs), whose artifacts
+    persist in torch's caches in the same folder. The result remembers ``fn``'s code object,
+    which :func:`captured` looks up.
     """
     cache_dir()
     _settle_tensordict_memo()
+    if backend == "inductor" and mode is None and os.environ.get(COMPILER_ENV, "aot") == "aot":
+        return Aot(fn)
     out = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode, backend=backend)
     out.__tdppo_code__ = fn.__code__
     return out
+
+
+AOT_FORMAT = 1
+"""Bumped when this module changes what it puts in a package (part of every package's key)."""
+
+_checking = True  # False inside guards_checked(False): inputs are trusted to keep their layout
+
+
+class Aot:
+    """A pure function of nested dicts / lists / tuples of tensors, compiled ahead of time.
+
+    On the first call with a given input layout (tree structure, and each tensor's shape,
+    dtype, stride and device), ``make_fx`` traces ``fn`` into an aten graph (``torch.func``
+    transforms, ``vmap`` and ``grad``, are traced through); the graph, its constants, the input
+    layout, torch's version, the thread count and the CPU's vector ISA key a package that
+    AOTInductor compiles once (``torch.export`` of the graph, then
+    ``torch._inductor.aoti_compile_and_package``) and writes atomically to
+    ``cache_dir()/aot/<key>.pt2``. Any process that traces the same graph loads that package
+    (milliseconds) instead of compiling; changed code traces a different graph, hence a new key.
+    Calls then go straight to the package's C++ runner: no dynamo frame, guards or Python
+    wrapper per call (why it is hand-written: torch 2.13 offers no cache for this path, and
+    dynamo's per-call cost and tracing time were most of tdppo's step on the CPU; README,
+    Performance).
+
+    Each call checks the tree structure (dict keys, sequence lengths). Inside
+    :func:`guards_checked` ``(False)`` the shapes, dtypes and strides are trusted to be the
+    ones the call structure last had (the driver keeps them); elsewhere they are checked and a
+    new layout compiles a new variant. Inputs on a CUDA device go to ``torch.compile`` instead.
+    Outputs may alias inputs (a leaf passed through unchanged).
+    """
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self.__tdppo_code__ = fn.__code__
+        self.__name__ = getattr(fn, "__name__", "fn")
+        self._variants: dict[tuple, _Variant] = {}
+        self._by_structure: dict[tuple, _Variant] = {}
+        self._dynamo: Callable | None = None
+
+    @property
+    def loaded(self) -> bool:
+        """Whether a package has been compiled or loaded (what :func:`captured` reports)."""
+        return any(v.runner is not None for v in self._variants.values())
+
+    def variant(self, args: tuple) -> tuple[_Variant | None, list]:
+        """The compiled variant for ``args`` (compiled or loaded now if new) and their leaves;
+        ``None`` when the inputs are on a CUDA device (``torch.compile`` serves them)."""
+        leaves: list = []
+        structure = _flatten(args, leaves)
+        v = self._by_structure.get(structure)
+        if v is None or _checking:
+            layout = (structure, *_layout(leaves))
+            v = self._variants.get(layout)
+            if v is None:
+                if any(t.device.type != "cpu" for t in leaves):
+                    return None, leaves
+                v = self._variants[layout] = _Variant.build(self.fn, args, leaves)
+            self._by_structure[structure] = v
+        return v, leaves
+
+    def __call__(self, *args: Any) -> Any:
+        v, leaves = self.variant(args)
+        if v is None:
+            if self._dynamo is None:
+                self._dynamo = torch.compile(self.fn, fullgraph=True, dynamic=False)
+            return self._dynamo(*args)
+        return pytree.tree_unflatten(v.run(leaves), v.out_spec)
+
+    def fold(
+        self, args: tuple, carry: tuple[int, ...], x_arg: int, xs: list, y_out: int, dim: int = 0
+    ) -> tuple[tuple, Any]:
+        """``len(xs)`` calls, each on ``args`` with ``args[x_arg] = xs[i]`` and, for ``j`` in
+        ``carry``, ``args[j]`` = output ``j`` of the previous call (the function returns a
+        tuple). Returns ``(outputs, ys)``: the last call's outputs, and every call's output
+        ``y_out`` stacked along ``dim`` (leaf by leaf).
+
+        The same as that Python loop over ``self(*args)`` (and it is that loop for CUDA inputs),
+        without building the trees between calls: leaves go from one call to the next."""
+        first = tuple(xs[0] if i == x_arg else a for i, a in enumerate(args))
+        v, leaves = self.variant(first)
+        plan = None if v is None else v.fold_plan(carry, x_arg, y_out)
+        if plan is None:
+            per_call = []
+            for x in xs:
+                out = self(*(x if i == x_arg else a for i, a in enumerate(args)))
+                args = tuple(out[i] if i in carry else a for i, a in enumerate(args))
+                leaves = []
+                y_spec = pytree.tree_structure(out[y_out])
+                _flatten(out[y_out], leaves)
+                per_call.append(leaves)
+            return out, _stack(per_call, y_spec, dim)
+        feed, (x_lo, x_hi), (y_lo, y_hi) = plan
+        run, cur, per_call = v.run, leaves, []
+        for x in xs:
+            if x_hi - x_lo == 1 and isinstance(x, torch.Tensor):
+                cur[x_lo] = x
+            else:
+                x_leaves: list = []
+                _flatten(x, x_leaves)
+                cur[x_lo:x_hi] = x_leaves
+            out = run(cur)
+            for i, o in feed:
+                cur[i] = out[o]
+            per_call.append(out[y_lo:y_hi])
+        outs = pytree.tree_unflatten(out, v.out_spec)
+        return outs, _stack(per_call, v.out_spec.child(y_out), dim)
+
+
+def _stack(per_call: list[list[torch.Tensor]], spec: Any, dim: int) -> Any:
+    return pytree.tree_unflatten([torch.stack(col, dim) for col in zip(*per_call)], spec)
+
+
+def _flatten(tree: Any, leaves: list) -> tuple:
+    """Appends ``tree``'s tensors to ``leaves`` (pytree's order) and returns its structure; any
+    leaf that is not a tensor (an int, None) is part of the structure, so traced as a constant."""
+    if isinstance(tree, torch.Tensor):
+        leaves.append(tree)
+        return ()
+    if type(tree) is dict:
+        return ("d", tuple(tree), tuple(_flatten(v, leaves) for v in tree.values()))
+    if type(tree) in (tuple, list):
+        return (type(tree).__name__, tuple(_flatten(v, leaves) for v in tree))
+    if isinstance(tree, (int, float, bool, str, type(None))):
+        return ("c", type(tree).__name__, tree)
+    raise TypeError(f"tdppo.jit.Aot takes dicts, lists, tuples and tensors, not {type(tree)}")
+
+
+def _layout(leaves: list) -> list:
+    return [(t.shape, t.dtype, t.stride(), t.device, t.requires_grad) for t in leaves]
+
+
+class _Variant:
+    """One input layout of an :class:`Aot` function: its package's runner and output tree."""
+
+    def __init__(self, runner: Any, in_spec: Any, out_spec: Any, path: Path):
+        self.runner, self.in_spec, self.out_spec, self.path = runner, in_spec, out_spec, path
+        self.run: Callable[[list], list] = runner.run
+        self._plans: dict[tuple, Any] = {}
+
+    def fold_plan(self, carry: tuple[int, ...], x_arg: int, y_out: int) -> Any:
+        """For :meth:`Aot.fold`: ``(feed, x leaves' span, y leaves' span)``, ``feed`` pairs
+        (input leaf, output leaf); ``None`` when a carried output's tree is not its input's."""
+        k = (carry, x_arg, y_out)
+        if k not in self._plans:
+            self._plans[k] = _fold_plan(self.in_spec, self.out_spec, carry, x_arg, y_out)
+        return self._plans[k]
+
+    @classmethod
+    def build(cls, fn: Callable, args: tuple, leaves: list) -> _Variant:
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        _, in_spec = pytree.tree_flatten(args)
+        out_specs: list = []
+
+        def flat_fn(*flat):
+            out = fn(*pytree.tree_unflatten(list(flat), in_spec))
+            out_leaves, out_spec = pytree.tree_flatten(out)
+            out_specs.append(out_spec)
+            return tuple(out_leaves)
+
+        with torch.no_grad():
+            gm = make_fx(flat_fn, tracing_mode="fake")(*leaves)
+        path = cache_dir() / "aot" / f"{_key(gm, leaves)}.pt2"
+        runner = _load(path)
+        if runner is None:
+            _compile_package(gm, leaves, path)
+            runner = _load(path)
+            if runner is None:
+                raise RuntimeError(f"tdppo.jit: the package it just compiled will not load: {path}")
+        return cls(runner, in_spec, out_specs[-1], path)
+
+
+def _fold_plan(in_spec: Any, out_spec: Any, carry: tuple, x_arg: int, y_out: int) -> Any:
+    """Leaves matched by their path in the tree (so a carried dict may come back in another key
+    order); ``None`` when a carried output's paths are not its input's."""
+
+    def paths(spec: Any) -> dict:
+        dummy = pytree.tree_unflatten(list(range(spec.num_leaves)), spec)
+        return {path: i for path, i in pytree.tree_flatten_with_path(dummy)[0]}
+
+    def span(spec: Any, j: int) -> tuple[int, int]:
+        lo = sum(spec.child(i).num_leaves for i in range(j))
+        return lo, lo + spec.child(j).num_leaves
+
+    if in_spec.type is not tuple or out_spec.type is not tuple:
+        return None
+    ins, outs = paths(in_spec), paths(out_spec)
+    feed = []
+    for j in carry:
+        i_paths = {p: i for p, i in ins.items() if p[0].idx == j}
+        o_paths = {p: o for p, o in outs.items() if p[0].idx == j}
+        if i_paths.keys() != o_paths.keys():
+            return None
+        feed += [(i, o_paths[p]) for p, i in i_paths.items()]
+    return feed, span(in_spec, x_arg), span(out_spec, y_out)
+
+
+def _key(gm: torch.fx.GraphModule, leaves: list) -> str:
+    """What a package depends on: the traced graph (code and constants), the input layout, and
+    the compiler's world (torch, python, threads, vector ISA, this module's format)."""
+    from torch._inductor import cpu_vec_isa
+
+    h = hashlib.sha256()
+    world = (AOT_FORMAT, torch.__version__, sys.version_info[:2], torch.get_num_threads(),
+             str(cpu_vec_isa.pick_vec_isa()), _layout(leaves))  # fmt: skip
+    h.update(repr(world).encode())
+    h.update(gm.code.encode())
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            t = getattr(gm, node.target)
+            h.update(f"{node.target}{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:40]
+
+
+def _load(path: Path) -> Any:
+    """The package's C++ runner, or ``None`` when it is absent (or unreadable: compiled anew)."""
+    if not path.exists():
+        return None
+    try:
+        return torch._inductor.aoti_load_package(str(path)).loader
+    except Exception:  # a package torch cannot read (another torch build): replace it
+        return None
+
+
+class _Graph(torch.nn.Module):
+    def __init__(self, gm: torch.fx.GraphModule):
+        super().__init__()
+        self.gm = gm
+
+    def forward(self, *flat):
+        return self.gm(*flat)
+
+
+def _compile_package(gm: torch.fx.GraphModule, leaves: list, path: Path) -> None:
+    """AOTInductor's package for ``gm``, written to a temporary file and renamed into place
+    (a crash leaves no partial package; concurrent processes each write a whole one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        ep = torch.export.export(_Graph(gm), tuple(leaves), strict=False)
+    fd, tmp = tempfile.mkstemp(suffix=".pt2", dir=path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():  # torch's own deprecation notices, not the user's
+            warnings.simplefilter("ignore", FutureWarning)
+            torch._inductor.aoti_compile_and_package(ep, package_path=tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _settle_tensordict_memo() -> None:
@@ -94,16 +366,21 @@ def _settle_tensordict_memo() -> None:
 
 
 def captured(fn: Callable) -> bool:
-    """Whether ``fn`` (from :func:`compiled`) holds at least one dynamo graph, once called.
-
-    An entry of dynamo's cache for ``fn``'s code object whose bytecode calls a
-    ``__compiled_fn`` ran a captured graph; none means ``fn`` runs eagerly.
-    """
-    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
-
+    """Whether ``fn`` (from :func:`compiled`), once called, runs compiled code: an :class:`Aot`
+    package, or a dynamo graph (:func:`captured_dynamo`)."""
+    if isinstance(fn, Aot):
+        return fn.loaded or fn._dynamo is not None and captured_dynamo(fn._dynamo, fn.fn.__code__)
     code = getattr(fn, "__tdppo_code__", None)
     if code is None:
         return False
+    return captured_dynamo(fn, code)
+
+
+def captured_dynamo(fn: Callable, code: Any) -> bool:
+    """Whether dynamo's cache holds a graph for ``code``: an entry whose bytecode calls a
+    ``__compiled_fn`` ran a captured graph; none means ``fn`` runs eagerly."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
     for entry in _debug_get_cache_entry_list(code):
         if any(name.startswith("__compiled_fn") for name in entry.code.co_names):
             return True
@@ -111,16 +388,28 @@ def captured(fn: Callable) -> bool:
 
 
 def guards_checked(checked: bool):
-    """A context in which compiled functions check dynamo's guards (``checked``), or only the
-    guards that tell their compiled variants apart (``torch.compiler.set_stance``'s
+    """A context in which compiled functions check their inputs' layout (``checked``), or only
+    what tells their compiled variants apart: for :class:`Aot` functions the tree structure,
+    for torch.compile'd ones dynamo's diff guards (``torch.compiler.set_stance``'s
     ``skip_guard_eval_unsafe``).
 
     The driver checks every guard in its first iteration, which compiles (or loads) each variant
     the step meets, and skips them afterwards: each later iteration calls the same compiled
     functions on inputs of the same structure, shapes, dtypes and strides (the state is updated
-    in place), so the guards can only pass again. Anything else compiled (evaluation, a user's
+    in place), so the checks can only pass again. Anything else compiled (evaluation, a user's
     own code) runs outside this context, guards checked.
     """
     if checked:
         return contextlib.nullcontext()
-    return torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+    return _trusting()
+
+
+@contextlib.contextmanager
+def _trusting():
+    global _checking
+    before, _checking = _checking, False
+    try:
+        with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+            yield
+    finally:
+        _checking = before

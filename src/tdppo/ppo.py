@@ -259,9 +259,9 @@ def _plain(tree: Tree) -> dict:
 
 
 def _like(template: Tree, tree: dict) -> Tree:
-    """``tree`` in the container type (and TensorDict batch sizes) of ``template``."""
+    """``tree`` in the container type (TensorDict batch sizes, key order) of ``template``."""
     if isinstance(template, TensorDictBase):
-        return template.empty(recurse=True).update(tree)
+        return template.empty(recurse=True).update(tree).select(*template.keys())
     return tree
 
 
@@ -352,16 +352,22 @@ def make_update(
         if mb_size * minibatches != size:
             raise ValueError(f"batch of {size} does not split into {minibatches} minibatches")
         p, o, h = _plain(params), _plain(opt_state), {k: hp[k] for k in UPDATE_HP}
-        per_step = []
+        minibatch_list = []
         for epoch in range(epochs):
             perm = permute(tr.fold_in(key, epoch), size)
             # one gather per key, then its minibatches as views (one split per key)
             slices = {k: _take(v, perm).split(mb_size, sample_dim) for k, v in data.items()}
-            for i in range(minibatches):
-                p, o, metrics = step(p, o, {k: v[i] for k, v in slices.items()}, h)
+            minibatch_list += [{k: v[i] for k, v in slices.items()} for i in range(minibatches)]
+        if isinstance(step, jit.Aot):  # leaves go from step to step, no trees
+            (p, o, _), per_step = step.fold((p, o, None, h), (0, 1), 2, minibatch_list, 2)
+        else:
+            per_step = []
+            for mb in minibatch_list:
+                p, o, metrics = step(p, o, mb, h)
                 per_step.append(metrics)
-        # the mean over all minibatch steps: one stack per metric, not an add per step
-        means = {k: torch.stack([m[k] for m in per_step]).mean(0) for k in METRICS}
+            # one stack per metric, not an add per step
+            per_step = {k: torch.stack([m[k] for m in per_step]) for k in METRICS}
+        means = {k: per_step[k].mean(0) for k in METRICS}  # over all minibatch steps
         return _like(params, p), _like(opt_state, o), TensorDict(means, batch_size=key.shape)
 
     update.minibatch_step = step

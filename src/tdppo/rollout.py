@@ -215,11 +215,16 @@ class FusedCollector:
         t = torch.arange(num_steps, device=steps0.device)
         keys = trand.fold_in(policy_key.unsqueeze(-1), steps0.unsqueeze(-1) + t)  # [*M, T]
         c, ts, p = _plain(carry), _plain(tstate), _plain(params)
-        out = []
-        for key in keys.unbind(-1):
-            c, ts, trans = self.env_step(c, ts, p, key, env_key)
-            out.append(trans)
-        batch = stack_trees(out, dim=carry.batch_dims)
+        if isinstance(self.env_step, jit.Aot):  # leaves go from step to step, no trees
+            (c, ts, _), batch = self.env_step.fold(
+                (c, ts, p, None, env_key), (0, 1), 3, keys.unbind(-1), 2, dim=carry.batch_dims
+            )
+        else:
+            out = []
+            for key in keys.unbind(-1):
+                c, ts, trans = self.env_step(c, ts, p, key, env_key)
+                out.append(trans)
+            batch = stack_trees(out, dim=carry.batch_dims)
         return (
             TensorDict(c, batch_size=carry.batch_size),
             TensorDict(ts, batch_size=tstate.batch_size),
@@ -252,7 +257,7 @@ class GenericCollector:
         self.policy_key = policy_key
         self.policy = policy_step_fn(actor)
         if compile:
-            self.policy = torch.compile(self.policy, dynamic=False)
+            self.policy = jit.compiled(self.policy)
 
     def collect(
         self,

@@ -27,7 +27,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import TransformedEnv
 from torchrl.envs.transforms import Compose, DoubleToFloat, RewardSum
 
-from tdppo import nets
+from tdppo import jit, nets
 from tdppo import random as trand
 from tdppo.transforms import (
     RunningObservationNorm,
@@ -147,8 +147,8 @@ class GymFastCollector:
         self._policy = self._policy_impl
         self._step = self._step_impl
         if compile:
-            self._policy = torch.compile(self._policy_impl, dynamic=False)
-            self._step = torch.compile(self._step_impl, dynamic=False)
+            self._policy = jit.compiled(self._policy_impl)
+            self._step = jit.compiled(self._step_impl)
 
     # -- pure ------------------------------------------------------------------------------------
     def _policy_impl(self, params, obs, key):
