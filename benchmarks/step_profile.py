@@ -4,17 +4,21 @@
 
 Builds the issue's Pendulum-v1 setup (8 envs x 256 steps, 10 epochs x 8 minibatches of 256,
 64-64 tanh) through ``tdppo.setup`` and times, each as the median of many calls after a first
-call (whose time, compilation included, is reported too):
+call (whose time, tracing and compilation or loading included, is reported too):
 
-- the collector's compiled env step (policy, dynamics, normalizers, autoreset) per vector step;
-- the same call with ``torch.compiler.set_stance(skip_guard_eval_unsafe=True)`` (what dynamo's
-  guard checks cost; not used by tdppo: it is unsafe when inputs change);
-- a trivial compiled graph taking the same inputs (dynamo's and AOTAutograd's per-call cost);
-- one compiled minibatch step (grad of the loss, clip, Adam), and the trivial graph on its inputs;
-- values + GAE over the rollout, eager and compiled.
+- the collector's compiled env step (policy, dynamics, normalizers, autoreset) per vector step,
+  called on dicts with its input layout checked, then trusted (``tdppo.jit.guards_checked``
+  ``(False)``, as the driver calls it past its first iteration);
+- the same step as the collector runs it, 256 steps folded leaf to leaf (``Aot.fold``), per step;
+- the compiled package's C++ runner alone on the flat inputs (the floor of a call);
+- one compiled minibatch step (grad of the loss, clip, Adam) on dicts, and its runner alone;
+- values + GAE over the rollout (eager);
+- a whole steady iteration (``step(state)``, layout trusted), per frame: the parts above plus
+  the eager glue (permutations, gathers, stacking, counters, metrics).
 
+With ``$TDPPO_COMPILER=dynamo`` the runner rows are absent (torch.compile has no runner).
 Per-frame figures divide by the frames each call serves (8 per env step; 256 per minibatch
-step, 10 epochs over each frame: x 10 / 256 per frame; 2048 per values + GAE).
+step, 10 epochs over each frame: x 10 / 256 per frame; 2048 per values + GAE and iteration).
 Writes ``step_profile[-quick|-smoke].md`` and ``.csv``.
 """
 
@@ -78,27 +82,34 @@ def measure(compile: bool = True, calls: int = 200) -> list[dict]:
     carry, ts, p = plain(env.select(*keys)), plain(state["transforms"]), plain(state["policy"])
     key, ek = torch.tensor(5), env.get(("module", "rng_key"))
     env_step = parts.collector.env_step
+    aot = isinstance(env_step, jit.Aot)
     with torch.no_grad():
         first = _first_s(lambda: env_step(carry, ts, p, key, ek))
-        row("env step (8 envs)", _median_us(lambda: env_step(carry, ts, p, key, ek), calls),
-            1 / 8, first)  # fmt: skip
-        if compile:
-            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-                us = _median_us(lambda: env_step(carry, ts, p, key, ek), calls)
-            row("env step, guards skipped (unsafe)", us, 1 / 8)
-
-            def trivial(carry, ts, p, key, ek):
-                return carry["observation"] + 1
-
-            triv = jit.compiled(trivial)
-            triv(carry, ts, p, key, ek)
-            row("trivial graph, env step's inputs", _median_us(
-                lambda: triv(carry, ts, p, key, ek), calls), 1 / 8)  # fmt: skip
+        row("env step (8 envs), layout checked", _median_us(
+            lambda: env_step(carry, ts, p, key, ek), calls), 1 / 8, first)  # fmt: skip
+        with jit.guards_checked(False):
+            us = _median_us(lambda: env_step(carry, ts, p, key, ek), calls)
+        row("env step, layout trusted", us, 1 / 8)
+        if aot:
+            keys_t = torch.arange(256)
+            with jit.guards_checked(False):
+                us = (
+                    _median_us(
+                        lambda: env_step.fold(
+                            (carry, ts, p, None, ek), (0, 1), 3, keys_t.unbind(0), 2
+                        ),
+                        5,
+                    )
+                    / 256
+                )
+            row("env step, folded over 256 steps (as collected)", us, 1 / 8)
+            v, leaves = env_step.variant((carry, ts, p, key, ek))
+            row("env step, package runner alone", _median_us(lambda: v.run(leaves), calls), 1 / 8)
 
     # -- one iteration, to get a real batch; then values + GAE and the minibatch step alone
     step = make_train_step(cfg, parts)
-    first_iter = _first_s(lambda: step(state))
-    row("whole first iteration (compiles)", float("nan"), float("nan"), first_iter)
+    first_iter = _first_s(lambda: state.update_(step(state)[0]))
+    row("whole first iteration (traces, compiles or loads)", float("nan"), float("nan"), first_iter)
     vg = step.values_and_gae
     b = torch.randn(8, 256, 3)
     done = torch.zeros(8, 256, 1, dtype=torch.bool)
@@ -108,10 +119,6 @@ def measure(compile: bool = True, calls: int = 200) -> list[dict]:
     with torch.no_grad():
         row("values + GAE (2048 frames)", _median_us(lambda: vg(*args), 20), 1 / 2048,
             note="eager (never compiled)")  # fmt: skip
-        if compile:
-            eager = getattr(vg, "_torchdynamo_orig_callable", None)
-            if eager is not None:
-                row("values + GAE, eager", _median_us(lambda: eager(*args), 20), 1 / 2048)
 
     mb_step = step.compiled_parts["minibatch_step"]
     params = plain(state.select("policy", "value"))
@@ -127,17 +134,20 @@ def measure(compile: bool = True, calls: int = 200) -> list[dict]:
         "value_target": torch.randn(256, 1, generator=g),
         "state_value": torch.randn(256, 1, generator=g),
     }
-    row("minibatch step (256 samples)", _median_us(lambda: mb_step(params, opt, mb, h), calls),
-        10 / 256)  # fmt: skip
-    if compile:
+    with jit.guards_checked(False):
+        row("minibatch step (256 samples), layout trusted", _median_us(
+            lambda: mb_step(params, opt, mb, h), calls), 10 / 256)  # fmt: skip
+    if isinstance(mb_step, jit.Aot):
+        v, leaves = mb_step.variant((params, opt, mb, h))
+        row("minibatch step, package runner alone", _median_us(lambda: v.run(leaves), calls),
+            10 / 256)  # fmt: skip
 
-        def trivial_mb(params, opt, mb, h):
-            return mb["observation"] + 1
-
-        tm = jit.compiled(trivial_mb)
-        tm(params, opt, mb, h)
-        row("trivial graph, minibatch step's inputs",
-            _median_us(lambda: tm(params, opt, mb, h), calls), 10 / 256)  # fmt: skip
+    # -- whole steady iterations (the driver's loop without logging or checkpoints)
+    n_iter = 3 if calls <= 10 else 10
+    with jit.guards_checked(not compile):
+        us = _median_us(lambda: state.update_(step(state)[0]), n_iter)
+    row("whole iteration, steady (2048 frames)", us, 1 / 2048,
+        note=f"{2048 / us * 1e6:,.0f} SPS")  # fmt: skip
     return rows
 
 

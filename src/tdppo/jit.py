@@ -235,8 +235,9 @@ def _layout(leaves: list) -> list:
 class _Variant:
     """One input layout of an :class:`Aot` function: its package's runner and output tree."""
 
-    def __init__(self, runner: Any, in_spec: Any, out_spec: Any, path: Path):
+    def __init__(self, runner: Any, in_spec: Any, tensor_pos: list, out_spec: Any, path: Path):
         self.runner, self.in_spec, self.out_spec, self.path = runner, in_spec, out_spec, path
+        self.tensor_pos = tensor_pos  # which of pytree's input leaves are tensors (runner inputs)
         self.run: Callable[[list], list] = runner.run
         self._plans: dict[tuple, Any] = {}
 
@@ -245,18 +246,21 @@ class _Variant:
         (input leaf, output leaf); ``None`` when a carried output's tree is not its input's."""
         k = (carry, x_arg, y_out)
         if k not in self._plans:
-            self._plans[k] = _fold_plan(self.in_spec, self.out_spec, carry, x_arg, y_out)
+            self._plans[k] = _fold_plan(self, carry, x_arg, y_out)
         return self._plans[k]
 
     @classmethod
     def build(cls, fn: Callable, args: tuple, leaves: list) -> _Variant:
         from torch.fx.experimental.proxy_tensor import make_fx
 
-        _, in_spec = pytree.tree_flatten(args)
+        full, in_spec = pytree.tree_flatten(args)
+        tensor_pos = [i for i, x in enumerate(full) if isinstance(x, torch.Tensor)]
         out_specs: list = []
 
         def flat_fn(*flat):
-            out = fn(*pytree.tree_unflatten(list(flat), in_spec))
+            for i, t in zip(tensor_pos, flat):  # constants (ints, say) stay where they were
+                full[i] = t
+            out = fn(*pytree.tree_unflatten(full, in_spec))
             out_leaves, out_spec = pytree.tree_flatten(out)
             out_specs.append(out_spec)
             return tuple(out_leaves)
@@ -270,12 +274,14 @@ class _Variant:
             runner = _load(path)
             if runner is None:
                 raise RuntimeError(f"tdppo.jit: the package it just compiled will not load: {path}")
-        return cls(runner, in_spec, out_specs[-1], path)
+        return cls(runner, in_spec, tensor_pos, out_specs[-1], path)
 
 
-def _fold_plan(in_spec: Any, out_spec: Any, carry: tuple, x_arg: int, y_out: int) -> Any:
+def _fold_plan(v: _Variant, carry: tuple, x_arg: int, y_out: int) -> Any:
     """Leaves matched by their path in the tree (so a carried dict may come back in another key
-    order); ``None`` when a carried output's paths are not its input's."""
+    order); ``None`` when a carried output's paths are not its input's. Input indices count the
+    runner's inputs (tensors only)."""
+    runner_index = {full: i for i, full in enumerate(v.tensor_pos)}
 
     def paths(spec: Any) -> dict:
         dummy = pytree.tree_unflatten(list(range(spec.num_leaves)), spec)
@@ -285,9 +291,10 @@ def _fold_plan(in_spec: Any, out_spec: Any, carry: tuple, x_arg: int, y_out: int
         lo = sum(spec.child(i).num_leaves for i in range(j))
         return lo, lo + spec.child(j).num_leaves
 
-    if in_spec.type is not tuple or out_spec.type is not tuple:
+    if v.in_spec.type is not tuple or v.out_spec.type is not tuple:
         return None
-    ins, outs = paths(in_spec), paths(out_spec)
+    ins = {p: runner_index[i] for p, i in paths(v.in_spec).items() if i in runner_index}
+    outs = paths(v.out_spec)
     feed = []
     for j in carry:
         i_paths = {p: i for p, i in ins.items() if p[0].idx == j}
@@ -295,7 +302,12 @@ def _fold_plan(in_spec: Any, out_spec: Any, carry: tuple, x_arg: int, y_out: int
         if i_paths.keys() != o_paths.keys():
             return None
         feed += [(i, o_paths[p]) for p, i in i_paths.items()]
-    return feed, span(in_spec, x_arg), span(out_spec, y_out)
+    lo, hi = span(v.in_spec, x_arg)
+    x_runner = [runner_index.get(i) for i in range(lo, hi)]
+    if None in x_runner:  # constants in the folded argument: not foldable leaf to leaf
+        return None
+    x_span = (x_runner[0], x_runner[-1] + 1) if x_runner else (0, 0)
+    return feed, x_span, span(v.out_spec, y_out)
 
 
 def _key(gm: torch.fx.GraphModule, leaves: list) -> str:
