@@ -66,7 +66,8 @@ class Config:
     resume: bool = False
     """Continue the run in --run-dir from its latest intact checkpoint up to --frames."""
     compile: bool = True
-    """torch.compile the rollout step and the PPO minibatch update."""
+    """Compile the rollout step and the PPO minibatch update (on the CPU ahead of time into
+    cached AOTInductor packages, on CUDA with torch.compile)."""
     cudagraphs: bool = False
     """On CUDA, also capture the compiled update in CUDA graphs (mode='reduce-overhead')."""
     log_every: int = 1

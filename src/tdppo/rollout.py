@@ -11,7 +11,7 @@ the next step starts from, physical state, step counts, episode counters and ret
 
 - :class:`FusedCollector` (built-in torch envs and make_env's transform stack): the policy,
   the env dynamics, the transforms' pure functions and the in-batch partial reset are fused in
-  one function, compiled with ``torch.compile``; no host sync per step. It is the same
+  one function, compiled by :func:`tdppo.jit.compiled`; no host sync per step. It is the same
   pipeline as the ``TransformedEnv`` (a test steps both and compares), without TorchRL's
   per-step Python (README, Performance, has the measured costs).
 - :class:`tdppo.envs.gym_fast.GymFastCollector` (the gym backend): gymnasium's vector env

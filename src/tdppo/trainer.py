@@ -294,7 +294,7 @@ def _check_captured(step) -> None:
     for name, fn in step.compiled_parts.items():
         if getattr(fn, "__tdppo_code__", None) is not None and not jit.captured(fn):
             raise RuntimeError(
-                f"torch.compile of the {name} captured no graph and would run eagerly; train "
+                f"compiling the {name} captured no graph and it would run eagerly; train "
                 "with --no-compile, or report this with your torch version"
             )
 
