@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import platform
 import sys
 import tempfile
 import warnings
@@ -312,12 +313,13 @@ def _fold_plan(v: _Variant, carry: tuple, x_arg: int, y_out: int) -> Any:
 
 def _key(gm: torch.fx.GraphModule, leaves: list) -> str:
     """What a package depends on: the traced graph (code and constants), the input layout, and
-    the compiler's world (torch, python, threads, vector ISA, this module's format)."""
-    from torch._inductor import cpu_vec_isa
-
+    the compiler's world (torch, python, threads, the CPU's architecture and vector ISA as ATen
+    reads it (cheap, where inductor's own ``pick_vec_isa`` costs ~0.9 s per process), this
+    module's format)."""
     h = hashlib.sha256()
-    world = (AOT_FORMAT, torch.__version__, sys.version_info[:2], torch.get_num_threads(),
-             str(cpu_vec_isa.pick_vec_isa()), _layout(leaves))  # fmt: skip
+    isa = (platform.machine(), torch.backends.cpu.get_cpu_capability())
+    world = (AOT_FORMAT, torch.__version__, sys.version_info[:2], torch.get_num_threads(), isa,
+             _layout(leaves))  # fmt: skip
     h.update(repr(world).encode())
     h.update(gm.code.encode())
     for node in gm.graph.nodes:
