@@ -23,7 +23,7 @@ run: install
 
 # Two pytest workers (one per core), one torch thread each.
 test: install
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

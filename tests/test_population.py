@@ -243,7 +243,8 @@ def test_compiled_population_captures_graphs_and_never_recompiles(tmp_path, monk
         jit, "_compile_package", lambda gm, lv, path: compiled_packages.append(path)
         or real_package(gm, lv, path),
     )  # fmt: skip
-    kw = dict(compile=True, hidden=(16,), num_steps=8, minibatches=2, epochs=1)
+    # tests/test_driver.py's compiled population, so the two share their packages
+    kw = dict(compile=True, hidden=(8,), num_steps=4, minibatches=2, epochs=1, threads=1)
     with torch._inductor.config.patch(compile_threads=1):
         compiled = train_population(_cfg("Pendulum-v1", tmp_path / "a", 2, **kw), [0, 1])
         first = list(built)

@@ -57,9 +57,11 @@ def test_resume_any_cadence(cadence, tmp_path):
 @pytest.mark.compile
 def test_resume_bit_exact_compiled(tmp_path):
     n = 2 * 128
-    straight = train(_cfg("Pendulum-v1", tmp_path / "a", 2 * n, compile=True))
-    train(_cfg("Pendulum-v1", tmp_path / "b", n, compile=True))
-    resumed = train(_cfg("Pendulum-v1", tmp_path / "b", 2 * n, compile=True, resume=True))
+    # tests/test_driver.py's compiled single agent, so the two share their packages
+    kw = dict(compile=True, hidden=(8,), num_steps=4, epochs=1, minibatches=2, threads=1)
+    straight = train(_cfg("Pendulum-v1", tmp_path / "a", 2 * n, **kw))
+    train(_cfg("Pendulum-v1", tmp_path / "b", n, **kw))
+    resumed = train(_cfg("Pendulum-v1", tmp_path / "b", 2 * n, resume=True, **kw))
     assert_same_state(straight, resumed)
 
 
