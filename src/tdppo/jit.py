@@ -144,7 +144,7 @@ class Aot:
     @property
     def loaded(self) -> bool:
         """Whether a package has been compiled or loaded (what :func:`captured` reports)."""
-        return any(v.runner is not None for v in self._variants.values())
+        return bool(self._variants)
 
     def variant(self, args: tuple) -> tuple[_Variant | None, list]:
         """The compiled variant for ``args`` (compiled or loaded now if new) and their leaves;
