@@ -34,7 +34,7 @@ def make_model(
         env_id, n_envs=num_envs, seed=seed, vec_env_cls=vec_env.DummyVecEnv
     )
     venv = vec_env.VecNormalize(venv, norm_obs=True, norm_reward=True, gamma=HYPER["gamma"])
-    return sb3.PPO(
+    model = sb3.PPO(
         "MlpPolicy",
         venv,
         learning_rate=HYPER["lr"],
@@ -56,6 +56,12 @@ def make_model(
         device="cpu",
         verbose=0,
     )
+    # a logger with no outputs: with verbose=0 SB3 writes nothing anyway, but its default
+    # logger makes an empty /tmp/SB3-<date> folder on every learn()
+    from stable_baselines3.common.logger import Logger
+
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
 
 
 def run(
