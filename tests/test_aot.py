@@ -4,6 +4,11 @@ Python loop of calls (for ``fold``); packages are spied on to show what compiles
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import time
+import types
+
 import pytest
 import torch
 
@@ -81,12 +86,37 @@ def test_equals_eager_then_a_new_process_loads_the_package(cache):
         assert torch.equal(a, b)  # the same package: the same bits
 
 
-def test_a_new_layout_or_constant_is_a_new_variant_and_changed_code_a_new_package(cache):
-    _, compiles = cache
+@pytest.fixture
+def graphs(tmp_path, monkeypatch):
+    """Packages without the C++ compiler (seconds each): a "package" is the traced graph, kept
+    in memory and marked on disk, and its runner runs that graph in Python. What is tested is
+    which layouts, constants and code make a new package; the compiled packages themselves are
+    tested above and below."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    kept, compiles = {}, []
+
+    def compile_package(gm, leaves, path):
+        compiles.append(path)
+        kept[path] = gm
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("traced graph")
+
+    def load(path):
+        gm = kept.get(path)
+        return None if gm is None else types.SimpleNamespace(run=lambda flat: list(gm(*flat)))
+
+    monkeypatch.setattr(jit, "_compile_package", compile_package)
+    monkeypatch.setattr(jit, "_load", load)
+    return compiles
+
+
+def test_a_new_layout_or_constant_is_a_new_variant_and_changed_code_a_new_package(graphs):
+    compiles = graphs
     carry, params, xs = _inputs()
     fn = jit.compiled(_step)
-    fn(carry, params, xs[0], 3)  # compiled here or loaded (an earlier test compiled it)
+    fn(carry, params, xs[0], 3)
     n = len(compiles)
+    assert n == 1
     fn(carry, params, xs[1], 3)  # other values, same layout: no new variant
     assert len(fn._variants) == 1
     out = fn(carry, params, xs[0], 4)  # another Python constant: traced into another graph
@@ -133,3 +163,119 @@ def test_an_unreadable_package_is_compiled_again(cache):
     out = jit.compiled(_step)(carry, params, xs[0], 3)
     _assert_trees_close(out, _step(carry, params, xs[0], 3))
     assert compiles[n:] == [path]
+
+
+def _build_in_child(queue) -> None:
+    carry, params, xs = _inputs()
+    v, _ = jit.compiled(_step).variant((carry, params, xs[0], 3))
+    queue.put(str(v.path))
+
+
+def test_processes_that_meet_one_missing_package_compile_it_once(tmp_path, monkeypatch):
+    """Two processes (forked) build the same missing package at once: the lock on it makes one
+    compile while the other waits, then loads it. The compiler is a stub that takes a second."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    log = tmp_path / "compiles.log"
+
+    def compile_package(gm, leaves, path):
+        with open(log, "a") as f:
+            f.write(f"{path}\n")
+        time.sleep(1.0)  # both processes are past their first look by now
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("package")
+
+    monkeypatch.setattr(jit, "_compile_package", compile_package)
+    monkeypatch.setattr(jit, "_load", lambda path: types.SimpleNamespace(run=None)
+                        if path.exists() else None)  # fmt: skip
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_build_in_child, args=(queue,)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    paths = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert paths[0] == paths[1]
+    assert log.read_text().splitlines() == [paths[0]]  # compiled once, loaded by the other
+
+
+def _double(x):
+    return {"y": x * 2 + 1}
+
+
+def _chain(fn1, fn2, x):
+    """Two compiled functions, the second on the first's output (as the env step's rollout
+    feeds the minibatch step)."""
+    return fn2(fn1(x)["y"].sum(0))
+
+
+def test_compile_ahead_compiles_every_variant_of_a_dry_run_side_by_side(tmp_path, monkeypatch):
+    """Inside ``compile_ahead``, the first call that needs a variant runs the given function on
+    fake tensors; both functions' packages are then compiled in one batch, one of them in a
+    forked process, before the first call goes on; the second function's first call finds its
+    variant ready. Results equal eager. The compiler is a stub (a marker file, and the traced
+    graph run in Python), so the processes are what is tested."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    log, graphs = tmp_path / "compiles.log", {}
+    real_trace = jit._Traced.of
+
+    def trace(fn, args, leaves):
+        t = real_trace(fn, args, leaves)
+        graphs[t.path] = t.gm
+        return t
+
+    def compile_package(gm, leaves, path):
+        with open(log, "a") as f:
+            f.write(f"{path} {os.getpid()}\n")
+        time.sleep(0.5)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("package")
+
+    def load(path):
+        gm = graphs.get(path) if path.exists() else None
+        return None if gm is None else types.SimpleNamespace(run=lambda flat: list(gm(*flat)))
+
+    monkeypatch.setattr(jit._Traced, "of", trace)
+    monkeypatch.setattr(jit, "_compile_package", compile_package)
+    monkeypatch.setattr(jit, "_load", load)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # two CPUs, as on CI
+    fn1, fn2 = jit.compiled(_double), jit.compiled(_step2)
+    x = torch.randn(5, 4)
+    seen = []
+    real_call = jit.Aot.__call__
+
+    def call(self, *args):  # what fn2 holds when its first real call starts
+        if self is fn2 and jit._recording is None:
+            seen.append(len(fn2._variants))
+        return real_call(self, *args)
+
+    monkeypatch.setattr(jit.Aot, "__call__", call)
+    with jit.compile_ahead(_chain, fn1, fn2, x):
+        out = _chain(fn1, fn2, x)
+    _assert_trees_close(out, _chain(_double, _step2, x))
+    lines = [line.split() for line in log.read_text().splitlines()]
+    assert len(lines) == 2 and {p for p, _ in lines} == {str(p) for p in graphs}  # each once
+    assert len({pid for _, pid in lines}) == 2  # side by side: two processes
+    assert seen == [1]  # fn2's variant was ready before its first real call
+
+
+def _step2(h):
+    return {"z": torch.tanh(h).cumsum(0)}
+
+
+def test_a_dry_run_that_fails_leaves_calls_to_build_their_own(graphs):
+    """A function with a host sync cannot run on fake tensors: compile_ahead's dry run fails
+    quietly and each call builds its variant as outside the context."""
+    fn1, fn2 = jit.compiled(_double), jit.compiled(_step2)
+    x = torch.randn(5, 4)
+
+    def syncing(fn1, fn2, x):
+        if float(x.sum()) > 1e9:  # a host sync: no value on fake tensors
+            return None
+        return _chain(fn1, fn2, x)
+
+    with jit.compile_ahead(syncing, fn1, fn2, x):
+        out = syncing(fn1, fn2, x)
+    _assert_trees_close(out, _chain(_double, _step2, x))
+    assert len(graphs) == 2 and jit._ahead is None and jit._recording is None

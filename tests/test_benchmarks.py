@@ -26,6 +26,9 @@ import numpy as np  # noqa: E402
 from benchmarks import __main__ as cli  # noqa: E402
 from benchmarks import common, learning, throughput  # noqa: E402
 
+# one worker runs this file in order, so the module's smoke fixture (about a minute) runs once
+pytestmark = pytest.mark.xdist_group("benchmarks")
+
 BASELINES = ["SB3", "CleanRL-style", "TorchRL-style"]
 TDPPO_ROWS = ["tdppo torch compiled", "tdppo torch eager", "tdppo gym compiled"]
 

@@ -13,7 +13,7 @@ import signal
 import pytest
 import torch
 
-from tdppo import Config, train
+from tdppo import Config, jit, train
 from tdppo.checkpoint import list_checkpoints, load_checkpoint
 from tdppo.jit import captured
 from tdppo.signals import Preempted
@@ -143,6 +143,9 @@ def test_cudagraphs_needs_cuda(kind, tmp_path):
 
 
 @pytest.mark.compile
+# the compiled tests of this file, test_resume.py and test_population.py share one small config,
+# so one worker runs them in turn: the first compiles its packages, the rest load them
+@pytest.mark.xdist_group("tiny-compiled")
 def test_compiled_parts_capture_graphs(kind, tmp_path, monkeypatch):
     import tdppo.trainer as trainer
 
@@ -153,13 +156,27 @@ def test_compiled_parts_capture_graphs(kind, tmp_path, monkeypatch):
         return steps[-1]
 
     monkeypatch.setattr(trainer, "make_train_step", keep)
-    _train(kind, tmp_path, 1, env="Pendulum-v1", compile=True, hidden=(8,), num_steps=4)
+    ahead, real_ahead = [], jit.compile_ahead
+
+    def spy_ahead(fn, *args):
+        ahead.append((fn, args))
+        return real_ahead(fn, *args)
+
+    monkeypatch.setattr(jit, "compile_ahead", spy_ahead)
+    _train(kind, tmp_path, 2, env="Pendulum-v1", compile=True, hidden=(8,), num_steps=4)
     parts = steps[0].compiled_parts
     assert set(parts) == {"env_step", "minibatch_step"}
     assert all(captured(fn) for fn in parts.values())
+    assert all(len(fn._variants) == 1 for fn in parts.values())  # one layout each
+    # the first iteration armed a dry run of the step (it runs when a package is missing);
+    # on fake tensors the step meets both compiled parts, so a cold cache compiles them at once
+    ((fn, args),) = ahead
+    assert fn is steps[0]
+    assert {id(aot) for aot, _ in jit._dry_run(fn, args)} == {id(f) for f in parts.values()}
 
 
 @pytest.mark.compile
+@pytest.mark.xdist_group("tiny-compiled")
 def test_skipping_guards_after_the_first_iteration_changes_nothing(kind, tmp_path, monkeypatch):
     """From its second iteration the driver skips dynamo's guard checks
     (``jit.guards_checked``); the run equals one that checks every guard, bit for bit."""

@@ -226,6 +226,7 @@ def test_captured_tells_a_graph_from_an_eager_fallback():
 
 @pytest.mark.compile
 @pytest.mark.slow
+@pytest.mark.xdist_group("tiny-compiled")
 def test_compiled_population_captures_graphs_and_never_recompiles(tmp_path, monkeypatch):
     """The vmapped env step and minibatch step are traced once each per run, each into one
     AOT package; another population of the same size (other seeds and hyperparameters) traces
@@ -233,8 +234,8 @@ def test_compiled_population_captures_graphs_and_never_recompiles(tmp_path, monk
     built, compiled_packages = [], []
     real_build, real_package = jit._Variant.build.__func__, jit._compile_package
 
-    def spy_build(cls, fn, args, leaves):
-        v = real_build(cls, fn, args, leaves)
+    def spy_build(cls, fn, args, leaves, **kw):
+        v = real_build(cls, fn, args, leaves, **kw)
         built.append(v.path)
         return v
 

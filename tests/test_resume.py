@@ -55,6 +55,7 @@ def test_resume_any_cadence(cadence, tmp_path):
 
 
 @pytest.mark.compile
+@pytest.mark.xdist_group("tiny-compiled")
 def test_resume_bit_exact_compiled(tmp_path):
     n = 2 * 128
     # tests/test_driver.py's compiled single agent, so the two share their packages

@@ -31,6 +31,7 @@ Delete the folder to start cold.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import platform
@@ -44,7 +45,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
-__all__ = ["compiled", "captured", "cache_dir", "guards_checked", "Aot"]
+__all__ = ["compiled", "captured", "cache_dir", "guards_checked", "compile_ahead", "Aot"]
 
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 """torch's own variable for the folder of its compile caches (read when torch compiles)."""
@@ -158,11 +159,26 @@ class Aot:
             if v is None:
                 if any(t.device.type != "cpu" for t in leaves):
                     return None, leaves
-                v = self._variants[layout] = _Variant.build(self.fn, args, leaves)
+                t = _Traced.of(self.fn, args, leaves)
+                if _ahead is not None and not t.path.exists():  # compile_ahead, on a cold cache
+                    _run_ahead(self, layout, t)
+                    v = self._variants.get(layout)
+                if v is None:
+                    v = self._variants[layout] = _Variant.build(self.fn, args, leaves, traced=t)
             self._by_structure[structure] = v
         return v, leaves
 
+    def _record(self, args: tuple) -> Any:
+        """During :func:`compile_ahead`'s dry run: note this input layout, and run ``fn`` on
+        the fake inputs for fake outputs of the right layout."""
+        leaves: list = []
+        layout = (_flatten(args, leaves), *_layout(leaves))
+        _recording.setdefault((id(self), layout), (self, args))
+        return self.fn(*args)
+
     def __call__(self, *args: Any) -> Any:
+        if _recording is not None:
+            return self._record(args)
         v, leaves = self.variant(args)
         if v is None:
             if self._dynamo is None:
@@ -181,6 +197,12 @@ class Aot:
         The same as that Python loop over ``self(*args)`` (and it is that loop for CUDA inputs),
         without building the trees between calls: leaves go from one call to the next."""
         first = tuple(xs[0] if i == x_arg else a for i, a in enumerate(args))
+        if _recording is not None:  # one call stands for all: later calls have its layout
+            out = self._record(first)
+            leaves = []
+            spec = pytree.tree_structure(out[y_out])
+            _flatten(out[y_out], leaves)
+            return out, _stack([leaves] * len(xs), spec, dim)
         v, leaves = self.variant(first)
         plan = None if v is None else v.fold_plan(carry, x_arg, y_out)
         if plan is None:
@@ -251,7 +273,34 @@ class _Variant:
         return self._plans[k]
 
     @classmethod
-    def build(cls, fn: Callable, args: tuple, leaves: list) -> _Variant:
+    def build(
+        cls, fn: Callable, args: tuple, leaves: list, traced: _Traced | None = None
+    ) -> _Variant:
+        """Trace ``fn`` (unless ``traced``), then load its package, compiling it if missing."""
+        t = traced or _Traced.of(fn, args, leaves)
+        runner = _load(t.path)
+        if runner is None:
+            with _compiling(t.path):  # another process compiling this package: wait, then load
+                runner = _load(t.path)
+                if runner is None:
+                    _compile_package(t.gm, leaves, t.path)
+                    runner = _load(t.path)
+            if runner is None:
+                raise RuntimeError(
+                    f"tdppo.jit: the package it just compiled will not load: {t.path}"
+                )
+        return cls(runner, t.in_spec, t.tensor_pos, t.out_spec, t.path)
+
+
+class _Traced:
+    """``make_fx``'s aten graph of one input layout of a function, and its package's path."""
+
+    def __init__(self, gm, in_spec, tensor_pos, out_spec, path: Path):
+        self.gm, self.in_spec, self.tensor_pos, self.out_spec, self.path = (
+            gm, in_spec, tensor_pos, out_spec, path)  # fmt: skip
+
+    @classmethod
+    def of(cls, fn: Callable, args: tuple, leaves: list) -> _Traced:
         from torch.fx.experimental.proxy_tensor import make_fx
 
         full, in_spec = pytree.tree_flatten(args)
@@ -269,13 +318,116 @@ class _Variant:
         with torch.no_grad():
             gm = make_fx(flat_fn, tracing_mode="fake")(*leaves)
         path = cache_dir() / "aot" / f"{_key(gm, leaves)}.pt2"
-        runner = _load(path)
-        if runner is None:
-            _compile_package(gm, leaves, path)
-            runner = _load(path)
-            if runner is None:
-                raise RuntimeError(f"tdppo.jit: the package it just compiled will not load: {path}")
-        return cls(runner, in_spec, tensor_pos, out_specs[-1], path)
+        return cls(gm, in_spec, tensor_pos, out_specs[-1], path)
+
+
+_ahead: tuple[Callable, tuple] | None = None  # compile_ahead's dry run, until it has run
+_recording: dict | None = None  # during the dry run: (Aot, layout) -> (Aot, fake inputs)
+
+
+@contextlib.contextmanager
+def compile_ahead(fn: Callable, *args: Any):
+    """A context in which the first :class:`Aot` call whose package is missing first runs
+    ``fn(*args)`` once on fake tensors (``FakeTensorMode``: layouts, no arithmetic), a dry run
+    in which every :class:`Aot` call only notes its input layout; then every noted variant is
+    traced, and the packages missing among them are compiled at the same time, one process
+    each (forked, up to the number of CPUs), before the call goes on. On a cold cache the
+    driver's env step and minibatch step then compile side by side instead of one after the
+    other; on a warm one nothing extra runs.
+
+    ``fn`` must be pure and free of host syncs (it runs on fake tensors). If the dry run fails,
+    variants are built one by one as calls meet them, as outside this context.
+    """
+    global _ahead
+    before, _ahead = _ahead, (fn, args)
+    try:
+        yield
+    finally:
+        _ahead = before
+
+
+def _run_ahead(aot: Aot, layout: tuple, traced: _Traced) -> None:
+    """The dry run, then every variant it noted built, the missing packages compiled side by
+    side; ``aot``'s variant for ``layout`` (the call that found its package missing) is
+    already ``traced``."""
+    global _ahead
+    (fn, args), _ahead = _ahead, None  # one dry run per context
+    jobs = []
+    for other, fake_args in _dry_run(fn, args):  # real inputs of the same layout (any values)
+        real = pytree.tree_map_only(torch.Tensor, _real_like, fake_args)
+        leaves: list = []
+        lay = (_flatten(real, leaves), *_layout(leaves))
+        if lay in other._variants:
+            continue
+        t = traced if other is aot and lay == layout else _Traced.of(other.fn, real, leaves)
+        jobs.append((other, lay, real, leaves, t))
+    _compile_all([(t.gm, leaves, t.path) for *_, leaves, t in jobs if not t.path.exists()])
+    for other, lay, real, leaves, t in jobs:
+        other._variants[lay] = _Variant.build(other.fn, real, leaves, traced=t)
+
+
+def _before_fork() -> None:
+    """tqdm makes its multiprocessing lock (a named semaphore) on first use, which export does
+    in a child; made there, the child's ``os._exit`` leaves it to the resource tracker, which
+    then warns of a leak. Made here, the children share this process's lock."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    tqdm.get_lock()
+
+
+def _dry_run(fn: Callable, args: tuple) -> list[tuple[Aot, tuple]]:
+    """``fn(*args)`` on fake tensors; what each :class:`Aot` call met: ``(function, fake
+    inputs)``, one per input layout. Empty if ``fn`` cannot run on fake tensors (a host
+    sync, say): an optimization only, so variants are then built as calls meet them."""
+    global _recording
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    _recording = {}
+    try:
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        fake = pytree.tree_map_only(torch.Tensor, mode.from_tensor, args)
+        with mode:
+            fn(*fake)
+        return list(_recording.values())
+    except Exception:
+        return []
+    finally:
+        _recording = None
+
+
+def _real_like(t: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cpu").zero_()
+    return out.requires_grad_() if t.requires_grad else out
+
+
+def _compile_all(jobs: list) -> None:
+    """Compile packages side by side: forked processes for all but the first, which this one
+    compiles. A child that fails leaves its package missing; the call that needs it compiles
+    it then (one by one, as outside :func:`compile_ahead`)."""
+    workers = min(len(jobs), len(os.sched_getaffinity(0)))
+    if workers > 1:
+        _before_fork()
+    pids = []
+    for gm, leaves, path in jobs[1:workers]:
+        pid = os.fork()
+        if pid == 0:  # the child compiles one package and leaves without Python's exit handlers
+            code = 1
+            try:
+                with _compiling(path):
+                    if not path.exists():
+                        _compile_package(gm, leaves, path)
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    for gm, leaves, path in jobs[:1] + jobs[workers:]:
+        with _compiling(path):
+            if not path.exists():
+                _compile_package(gm, leaves, path)
+    for pid in pids:
+        os.waitpid(pid, 0)
 
 
 def _fold_plan(v: _Variant, carry: tuple, x_arg: int, y_out: int) -> Any:
@@ -328,6 +480,20 @@ def _key(gm: torch.fx.GraphModule, leaves: list) -> str:
             h.update(f"{node.target}{tuple(t.shape)}{t.dtype}".encode())
             h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:40]
+
+
+@contextlib.contextmanager
+def _compiling(path: Path):
+    """An exclusive advisory lock (``flock``) on ``<package>.lock``: processes that meet the same
+    missing package (a population sweep launched twice, several torchrun ranks, test workers)
+    compile it once; the others wait and load it. The kernel drops the lock if its holder dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _load(path: Path) -> Any:

@@ -235,7 +235,8 @@ def _run(cfg, device, run_dir: Path, members, pop_meta, stop, shards: Shards) ->
     it = int(state["counters", "updates"].reshape(-1)[0])
     first = True
     while it < total_iters:
-        with jit.guards_checked(first or not cfg.compile):  # iteration 1 checks every guard
+        ahead = _compile_ahead(cfg, parts, step, state) if first else contextlib.nullcontext()
+        with jit.guards_checked(first or not cfg.compile), ahead:  # iteration 1 checks guards
             new_state, metrics = step(state)
         if first and cfg.compile:
             _check_captured(step)
@@ -287,6 +288,15 @@ def _mutable(cfg: Config) -> dict:
 
 def _frames(state: TensorDict) -> int:
     return int(state["counters", "frames"].reshape(-1)[0])
+
+
+def _compile_ahead(cfg: Config, parts: Components, step, state: TensorDict):
+    """The first iteration's compiled parts (env step, minibatch step) compile side by side
+    (:func:`tdppo.jit.compile_ahead`, a dry run of the step on fake tensors); not with the gym
+    backend, whose step drives live simulators."""
+    if cfg.compile and hasattr(parts.collector, "env_step"):
+        return jit.compile_ahead(step, state)
+    return contextlib.nullcontext()
 
 
 def _check_captured(step) -> None:
