@@ -45,7 +45,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
-__all__ = ["compiled", "captured", "cache_dir", "guards_checked", "compile_ahead", "Aot"]
+__all__ = ["compiled", "captured", "cache_dir", "guards_checked", "compile_ahead", "fold", "Aot"]
 
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 """torch's own variable for the folder of its compile caches (read when torch compiles)."""
@@ -189,13 +189,9 @@ class Aot:
     def fold(
         self, args: tuple, carry: tuple[int, ...], x_arg: int, xs: list, y_out: int, dim: int = 0
     ) -> tuple[tuple, Any]:
-        """``len(xs)`` calls, each on ``args`` with ``args[x_arg] = xs[i]`` and, for ``j`` in
-        ``carry``, ``args[j]`` = output ``j`` of the previous call (the function returns a
-        tuple). Returns ``(outputs, ys)``: the last call's outputs, and every call's output
-        ``y_out`` stacked along ``dim`` (leaf by leaf).
-
-        The same as that Python loop over ``self(*args)`` (and it is that loop for CUDA inputs),
-        without building the trees between calls: leaves go from one call to the next."""
+        """:func:`fold` of this function: the same as its Python loop of calls (and it is that
+        loop for CUDA inputs), without building the trees between calls: leaves go from one
+        call to the next."""
         first = tuple(xs[0] if i == x_arg else a for i, a in enumerate(args))
         if _recording is not None:  # one call stands for all: later calls have its layout
             out = self._record(first)
@@ -206,15 +202,7 @@ class Aot:
         v, leaves = self.variant(first)
         plan = None if v is None else v.fold_plan(carry, x_arg, y_out)
         if plan is None:
-            per_call = []
-            for x in xs:
-                out = self(*(x if i == x_arg else a for i, a in enumerate(args)))
-                args = tuple(out[i] if i in carry else a for i, a in enumerate(args))
-                leaves = []
-                y_spec = pytree.tree_structure(out[y_out])
-                _flatten(out[y_out], leaves)
-                per_call.append(leaves)
-            return out, _stack(per_call, y_spec, dim)
+            return _fold_loop(self, args, carry, x_arg, xs, y_out, dim)
         feed, (x_lo, x_hi), (y_lo, y_hi) = plan
         run, cur, per_call = v.run, leaves, []
         for x in xs:
@@ -230,6 +218,44 @@ class Aot:
             per_call.append(out[y_lo:y_hi])
         outs = pytree.tree_unflatten(out, v.out_spec)
         return outs, _stack(per_call, v.out_spec.child(y_out), dim)
+
+
+def fold(
+    fn: Callable,
+    args: tuple,
+    carry: tuple[int, ...],
+    x_arg: int,
+    xs: list,
+    y_out: int,
+    dim: int = 0,
+) -> tuple[tuple, Any]:
+    """``len(xs)`` calls of ``fn``, each on ``args`` with ``args[x_arg] = xs[i]`` and, for
+    ``j`` in ``carry``, ``args[j]`` = output ``j`` of the previous call (``fn`` returns a
+    tuple). Returns ``(outputs, ys)``: the last call's outputs, and every call's output
+    ``y_out`` stacked along ``dim`` (leaf by leaf). The collector's T env steps and the
+    update's minibatch steps are such folds.
+
+    An :class:`Aot` function folds leaf to leaf (:meth:`Aot.fold`); any other function (eager,
+    or ``torch.compile``'d) is the Python loop of calls."""
+    if isinstance(fn, Aot):
+        return fn.fold(args, carry, x_arg, xs, y_out, dim)
+    return _fold_loop(fn, args, carry, x_arg, xs, y_out, dim)
+
+
+def _fold_loop(
+    fn: Callable, args: tuple, carry: tuple, x_arg: int, xs: list, y_out: int, dim: int
+) -> tuple[tuple, Any]:
+    per_call = []
+    for x in xs:
+        out = fn(*(x if i == x_arg else a for i, a in enumerate(args)))
+        args = tuple(out[i] if i in carry else a for i, a in enumerate(args))
+        leaves: list = []
+        _flatten(out[y_out], leaves)  # tensors only (a rollout's are many: pytree is slower)
+        per_call.append(leaves)
+    y_spec = pytree.tree_structure(out[y_out])
+    if y_spec.num_leaves != len(per_call[-1]):
+        raise TypeError("tdppo.jit.fold stacks tensors only; an output to stack holds others")
+    return out, _stack(per_call, y_spec, dim)
 
 
 def _stack(per_call: list[list[torch.Tensor]], spec: Any, dim: int) -> Any:

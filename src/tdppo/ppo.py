@@ -358,15 +358,8 @@ def make_update(
             # one gather per key, then its minibatches as views (one split per key)
             slices = {k: _take(v, perm).split(mb_size, sample_dim) for k, v in data.items()}
             minibatch_list += [{k: v[i] for k, v in slices.items()} for i in range(minibatches)]
-        if isinstance(step, jit.Aot):  # leaves go from step to step, no trees
-            (p, o, _), per_step = step.fold((p, o, None, h), (0, 1), 2, minibatch_list, 2)
-        else:
-            per_step = []
-            for mb in minibatch_list:
-                p, o, metrics = step(p, o, mb, h)
-                per_step.append(metrics)
-            # one stack per metric, not an add per step
-            per_step = {k: torch.stack([m[k] for m in per_step]) for k in METRICS}
+        # the minibatch steps: parameters and Adam's state fed forward, metrics stacked
+        (p, o, _), per_step = jit.fold(step, (p, o, None, h), (0, 1), 2, minibatch_list, 2)
         means = {k: per_step[k].mean(0) for k in METRICS}  # over all minibatch steps
         return _like(params, p), _like(opt_state, o), TensorDict(means, batch_size=key.shape)
 

@@ -215,31 +215,16 @@ class FusedCollector:
         t = torch.arange(num_steps, device=steps0.device)
         keys = trand.fold_in(policy_key.unsqueeze(-1), steps0.unsqueeze(-1) + t)  # [*M, T]
         c, ts, p = _plain(carry), _plain(tstate), _plain(params)
-        if isinstance(self.env_step, jit.Aot):  # leaves go from step to step, no trees
-            (c, ts, _), batch = self.env_step.fold(
-                (c, ts, p, None, env_key), (0, 1), 3, keys.unbind(-1), 2, dim=carry.batch_dims
-            )
-        else:
-            out = []
-            for key in keys.unbind(-1):
-                c, ts, trans = self.env_step(c, ts, p, key, env_key)
-                out.append(trans)
-            batch = stack_trees(out, dim=carry.batch_dims)
+        # T env steps: carry and statistics fed forward, transitions stacked along time
+        (c, ts, _), batch = jit.fold(
+            self.env_step, (c, ts, p, None, env_key), (0, 1), 3, keys.unbind(-1), 2,
+            dim=carry.batch_dims,
+        )  # fmt: skip
         return (
             TensorDict(c, batch_size=carry.batch_size),
             TensorDict(ts, batch_size=tstate.batch_size),
             TensorDict(batch, batch_size=[*carry.batch_size, num_steps]),
         )
-
-
-def stack_trees(trees: list[dict], dim: int) -> dict:
-    """``torch.stack`` of the leaves of nested dicts of one structure, along ``dim``: what
-    ``pytree.tree_map(lambda *xs: torch.stack(xs, dim), *trees)`` returns, written out because
-    that flattens every tree in Python, many times slower for a rollout (README, Performance)."""
-    first = trees[0]
-    if isinstance(first, dict):
-        return {k: stack_trees([t[k] for t in trees], dim) for k in first}
-    return torch.stack(trees, dim=dim)
 
 
 def _plain(tree) -> dict:
