@@ -306,11 +306,8 @@ class _Variant:
         t = traced or _Traced.of(fn, args, leaves)
         runner = _load(t.path)
         if runner is None:
-            with _compiling(t.path):  # another process compiling this package: wait, then load
-                runner = _load(t.path)
-                if runner is None:
-                    _compile_package(t.gm, leaves, t.path)
-                    runner = _load(t.path)
+            _compile_once(t.gm, leaves, t.path)
+            runner = _load(t.path)
             if runner is None:
                 raise RuntimeError(
                     f"tdppo.jit: the package it just compiled will not load: {t.path}"
@@ -441,17 +438,13 @@ def _compile_all(jobs: list) -> None:
         if pid == 0:  # the child compiles one package and leaves without Python's exit handlers
             code = 1
             try:
-                with _compiling(path):
-                    if not path.exists():
-                        _compile_package(gm, leaves, path)
+                _compile_once(gm, leaves, path)
                 code = 0
             finally:
                 os._exit(code)
         pids.append(pid)
     for gm, leaves, path in jobs[:1] + jobs[workers:]:
-        with _compiling(path):
-            if not path.exists():
-                _compile_package(gm, leaves, path)
+        _compile_once(gm, leaves, path)
     for pid in pids:
         os.waitpid(pid, 0)
 
@@ -520,6 +513,14 @@ def _compiling(path: Path):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _compile_once(gm: torch.fx.GraphModule, leaves: list, path: Path) -> None:
+    """Compile the package unless a loadable one is there once the lock is held (another
+    process may have compiled it while this one waited)."""
+    with _compiling(path):
+        if _load(path) is None:
+            _compile_package(gm, leaves, path)
 
 
 def _load(path: Path) -> Any:
