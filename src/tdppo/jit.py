@@ -524,11 +524,16 @@ def _compile_once(gm: torch.fx.GraphModule, leaves: list, path: Path) -> None:
 
 
 def _load(path: Path) -> Any:
-    """The package's C++ runner, or ``None`` when it is absent (or unreadable: compiled anew)."""
+    """The package's C++ runner, or ``None`` when it is absent (or unreadable: compiled anew).
+
+    The loader is built directly: ``torch._inductor.aoti_load_package`` first compares the
+    package's CPU ISA with inductor's ``pick_vec_isa()``, whose probes (compiled test programs
+    run in subprocesses) cost ~0.9 s per process, only to log a mismatch; the ISA is already
+    part of the package's key."""
     if not path.exists():
         return None
     try:
-        return torch._inductor.aoti_load_package(str(path)).loader
+        return torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
     except Exception:  # a package torch cannot read (another torch build): replace it
         return None
 
