@@ -249,6 +249,7 @@ def _inspect(argv: list[str]) -> int:
     a = p.parse_args(argv)
     from tdppo.checkpoint import inspect
 
+    _freeze_imports()
     print(inspect(a.path))
     return 0
 
