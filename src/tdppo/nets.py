@@ -28,6 +28,7 @@ log-probabilities and entropies are ``[*B]`` (summed over action dimensions).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 
@@ -44,6 +45,7 @@ __all__ = [
     "LOG_PROB_KEY",
     "make_actor",
     "make_critic",
+    "structure",
     "dist_params",
     "dist_params_dict",
     "sample",
@@ -182,6 +184,23 @@ def _subtree(tree: Mapping, key: tuple[str, ...]) -> Mapping:
     for k in key:
         tree = tree[k]
     return tree
+
+
+def structure(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose parameters and buffers are on the ``meta`` device: its layers
+    and shapes, no values (specs and other attributes are kept). The pure functions take the
+    parameters as arguments; closing over this copy instead of the live module keeps values out
+    of them: nothing can read a stale weight, and their fingerprint (:mod:`tdppo.fingerprint`,
+    which keys compiled code) is the same for every seed."""
+    out = copy.deepcopy(module)
+    for m in out.modules():
+        for name, p in m._parameters.items():
+            if p is not None:
+                m._parameters[name] = nn.Parameter(p.to("meta"), requires_grad=p.requires_grad)
+        for name, b in m._buffers.items():
+            if b is not None:
+                m._buffers[name] = b.to("meta")
+    return out
 
 
 def _call(module: nn.Module, params: Mapping, obs: torch.Tensor):

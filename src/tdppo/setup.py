@@ -129,7 +129,8 @@ def hyperparameters(cfgs: Config | Sequence[Config], device: torch.device) -> Te
 @dataclass
 class Components:
     """The live objects a driver needs next to the state: the env pipeline, the networks'
-    structure (their parameters are the state's) and the collector."""
+    structure (:func:`tdppo.nets.structure`: their parameters are the state's) and the
+    collector."""
 
     env: TransformedEnv
     actor: torch.nn.Module
@@ -157,13 +158,14 @@ def init_state(
     """
     shards = shards or Shards()
     env, actor, critic = build_components(cfg, device, shards)
+    actor_s, critic_s = nets.structure(actor), nets.structure(critic)  # what functions close over
     policy_key = trand.fold_in(trand.key(cfg.seed, device), STREAMS["policy"])
     shard = None
     if shards.count > 1:
         shard = (shards.env_offset(cfg.num_envs), cfg.num_envs, shard_moments(shards))
     try:
         collector = make_collector(
-            env, actor, policy_key, cfg.compile, members=members, shard=shard
+            env, actor_s, policy_key, cfg.compile, members=members, shard=shard
         )
     except NotImplementedError as e:
         what = "a population" if members else "--shards > 1"
@@ -189,7 +191,7 @@ def init_state(
         config=cfg.to_dict(),
         device=device,
     )
-    return state, Components(env, actor, critic, collector)
+    return state, Components(env, actor_s, critic_s, collector)
 
 
 def init_population(
