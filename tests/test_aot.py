@@ -77,11 +77,16 @@ def test_equals_eager_then_a_new_process_loads_the_package(cache):
     (v,) = fn._variants.values()
     assert jit.captured(fn) and v.path.parent == folder / "aot" and v.path.exists()
     assert compiles in ([], [v.path])  # compiled here, or by an earlier test of this file
-    # another Aot of the same function (what a new process builds) traces, finds, loads
+    # another Aot of the same function (what a new process builds) finds the package through
+    # the index (no tracing) and loads it
     n = len(compiles)
     again = jit.compiled(_step)
-    out = again(carry, params, xs[0], 3)
-    assert len(compiles) == n
+    traced = []
+    real_trace = jit._Traced.of
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(jit._Traced, "of", lambda *a: traced.append(a) or real_trace(*a))
+        out = again(carry, params, xs[0], 3)
+    assert len(compiles) == n and traced == []
     for a, b in zip(_tensors(out), _tensors(got), strict=True):
         assert torch.equal(a, b)  # the same package: the same bits
 
@@ -102,7 +107,7 @@ def graphs(tmp_path, monkeypatch):
         path.write_text("traced graph")
 
     def load(path):
-        gm = kept.get(path)
+        gm = kept.get(path) if path.exists() else None
         return None if gm is None else types.SimpleNamespace(run=lambda flat: list(gm(*flat)))
 
     monkeypatch.setattr(jit, "_compile_package", compile_package)
@@ -133,6 +138,46 @@ def test_a_new_layout_or_constant_is_a_new_variant_and_changed_code_a_new_packag
     fn2 = jit.compiled(changed)
     _assert_trees_close(fn2(carry, params, xs[0], 3), changed(carry, params, xs[0], 3))
     assert len(compiles) == n + 3 and len(set(compiles)) == len(compiles)
+
+
+def _scaled(scale):
+    def step(carry, params, x, n):
+        out, ys = _step(carry, params, x, n)
+        return {**out, "h": out["h"] * scale}, ys
+
+    return step
+
+
+def test_the_index_skips_tracing_only_for_the_same_code_and_values(graphs, monkeypatch):
+    """A function met again (a new Aot, as in a new process) is found through its fingerprint's
+    index entry without tracing; a closure value that differs, a package that is gone or an
+    index entry that is damaged each trace again, and every result equals eager."""
+    compiles = graphs
+    carry, params, xs = _inputs()
+    traced = []
+    real_trace = jit._Traced.of
+    monkeypatch.setattr(jit._Traced, "of", lambda *a: traced.append(a) or real_trace(*a))
+
+    def run(scale):
+        out = jit.compiled(_scaled(scale))(carry, params, xs[0], 3)
+        _assert_trees_close(out, _scaled(scale)(carry, params, xs[0], 3))
+
+    run(2.0)
+    assert len(traced) == 1 and len(compiles) == 1
+    run(2.0)  # the same code and values: from the index
+    assert len(traced) == 1 and len(compiles) == 1
+    run(3.0)  # another closure value: another graph
+    assert len(traced) == 2 and len(compiles) == 2
+    index = sorted((compiles[0].parent / "index").iterdir())
+    assert len(index) == 2
+    for entry in index:
+        entry.write_text("{not json")
+    run(2.0)  # a damaged entry: traced again; the package is still there, so no compile
+    assert len(traced) == 3 and len(compiles) == 2
+    compiles[0].unlink()
+    compiles[1].unlink()
+    run(2.0)  # the package is gone: traced and compiled again
+    assert len(traced) == 4 and len(compiles) == 3
 
 
 def test_fold_is_the_loop_of_calls_bit_for_bit(cache):

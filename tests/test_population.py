@@ -228,18 +228,32 @@ def test_captured_tells_a_graph_from_an_eager_fallback():
 @pytest.mark.slow
 @pytest.mark.xdist_group("tiny-compiled")
 def test_compiled_population_captures_graphs_and_never_recompiles(tmp_path, monkeypatch):
-    """The vmapped env step and minibatch step are traced once each per run, each into one
-    AOT package; another population of the same size (other seeds and hyperparameters) traces
-    the same two graphs, so it loads those packages and compiles nothing."""
-    built, compiled_packages = [], []
+    """The vmapped env step and minibatch step are one AOT package each per run (traced, or
+    found through the index when an earlier run traced them); another population of the same
+    size (other seeds and hyperparameters) has the same two graphs, so it finds those packages
+    through the index without tracing, and compiles nothing."""
+    built, compiled_packages, traced = [], [], []
     real_build, real_package = jit._Variant.build.__func__, jit._compile_package
+    real_indexed, real_trace = jit._Variant.indexed.__func__, jit._Traced.of.__func__
 
     def spy_build(cls, fn, args, leaves, **kw):
         v = real_build(cls, fn, args, leaves, **kw)
         built.append(v.path)
         return v
 
+    def spy_indexed(cls, recipe, args):
+        v = real_indexed(cls, recipe, args)
+        if v is not None:
+            built.append(v.path)
+        return v
+
+    def spy_trace(cls, *a):
+        traced.append(a)
+        return real_trace(cls, *a)
+
     monkeypatch.setattr(jit._Variant, "build", classmethod(spy_build))
+    monkeypatch.setattr(jit._Variant, "indexed", classmethod(spy_indexed))
+    monkeypatch.setattr(jit._Traced, "of", classmethod(spy_trace))
     monkeypatch.setattr(
         jit, "_compile_package", lambda gm, lv, path: compiled_packages.append(path)
         or real_package(gm, lv, path),
@@ -252,11 +266,12 @@ def test_compiled_population_captures_graphs_and_never_recompiles(tmp_path, monk
         assert len(first) == 2  # the collection step and the minibatch step, one variant each
         built.clear()
         compiled_packages.clear()
+        traced.clear()
         train_population(
             _cfg("Pendulum-v1", tmp_path / "b", 3, **kw), [5, 6], {"lr": [1e-4], "gamma": [0.9]}
         )
     assert sorted(built) == sorted(first)  # the same graphs: the same packages
-    assert compiled_packages == []  # loaded, not compiled
+    assert compiled_packages == [] and traced == []  # loaded through the index
     eager = train_population(_cfg("Pendulum-v1", tmp_path / "c", 2, **{**kw, "compile": False}),
                              [0, 1])  # fmt: skip
     for top in ("policy", "value", "transforms", "env"):

@@ -16,9 +16,11 @@ empty. AOT packages live in its ``aot`` subfolder, keyed on the traced graph (co
 constants), the input layout, torch's version, the thread count and the CPU's vector ISA;
 torch.compile's artifacts are torch's own FX graph and AOTAutograd caches, which torch keys on
 the traced graph, its version, its config and the machine. Either way a change to tdppo's code
-(or to torch) compiles anew instead of reusing a stale artifact; what a warm cache skips is the
-compilation (inductor's lowering, code generation and the C++ compiler), not the tracing.
-Delete the folder to start cold.
+(or to torch) compiles anew instead of reusing a stale artifact. A warm cache skips the
+compilation (inductor's lowering, code generation and the C++ compiler), and for AOT packages
+the tracing too: ``aot/index`` maps each function's :func:`tdppo.fingerprint.fingerprint` (its
+code and every value it closes over, read without running it) and input layout to the package
+its trace gave. Delete the folder to start cold.
 
 >>> import torch
 >>> def add_one(x):
@@ -33,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import platform
 import sys
@@ -44,6 +47,8 @@ from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
+
+from tdppo.fingerprint import fingerprint
 
 __all__ = ["compiled", "captured", "cache_dir", "guards_checked", "compile_ahead", "fold", "Aot"]
 
@@ -122,6 +127,10 @@ class Aot:
     ``torch._inductor.aoti_compile_and_package``) and writes atomically to
     ``cache_dir()/aot/<key>.pt2``. Any process that traces the same graph loads that package
     (milliseconds) instead of compiling; changed code traces a different graph, hence a new key.
+    Before tracing, the function's fingerprint (:mod:`tdppo.fingerprint`) with the layout and
+    the global settings tracing reads is looked up in ``aot/index``: a process that meets the
+    same code and values again loads the package without tracing (a function with no
+    fingerprint, one closing over a lock say, is always traced).
     Calls then go straight to the package's C++ runner: no dynamo frame, guards or Python
     wrapper per call (why it is hand-written: torch 2.13 offers no cache for this path, and
     dynamo's per-call cost and tracing time were most of tdppo's step on the CPU; README,
@@ -159,14 +168,39 @@ class Aot:
             if v is None:
                 if any(t.device.type != "cpu" for t in leaves):
                     return None, leaves
+                v = _Variant.indexed(self._recipe(layout), args)  # no tracing when warm
+                if v is not None:
+                    self._variants[layout] = v
+                    self._by_structure[structure] = v
+                    return v, leaves
                 t = _Traced.of(self.fn, args, leaves)
                 if _ahead is not None and not t.path.exists():  # compile_ahead, on a cold cache
                     _run_ahead(self, layout, t)
                     v = self._variants.get(layout)
                 if v is None:
-                    v = self._variants[layout] = _Variant.build(self.fn, args, leaves, traced=t)
+                    v = self._built(layout, args, leaves, t)
             self._by_structure[structure] = v
         return v, leaves
+
+    def _recipe(self, layout: tuple) -> str | None:
+        """The key of the traced graph for ``layout`` computed without tracing: the function's
+        :func:`tdppo.fingerprint.fingerprint` (its code and all it closes over) and what else
+        tracing reads (global settings, versions); ``None`` when it has no fingerprint."""
+        fp = fingerprint(self.fn)
+        if fp is None:
+            return None
+        world = (AOT_FORMAT, torch.__version__, sys.version_info[:2], torch.get_num_threads(),
+                 torch.get_default_dtype(), torch.are_deterministic_algorithms_enabled(),
+                 torch.get_float32_matmul_precision(), torch.is_autocast_enabled("cpu"),
+                 _isa(), layout)  # fmt: skip
+        return hashlib.sha256(f"{world!r}{fp}".encode()).hexdigest()[:40]
+
+    def _built(self, layout: tuple, args: tuple, leaves: list, traced: _Traced) -> _Variant:
+        """The variant of ``traced`` (its package loaded, or compiled first), also indexed
+        under its recipe so that later processes skip the tracing."""
+        v = self._variants[layout] = _Variant.build(self.fn, args, leaves, traced=traced)
+        _index_put(self._recipe(layout), v)
+        return v
 
     def _record(self, args: tuple) -> Any:
         """During :func:`compile_ahead`'s dry run: note this input layout, and run ``fn`` on
@@ -299,6 +333,25 @@ class _Variant:
         return self._plans[k]
 
     @classmethod
+    def indexed(cls, recipe: str | None, args: tuple) -> _Variant | None:
+        """The variant that the index holds for ``recipe`` (:meth:`Aot._recipe`), its package
+        loaded, or ``None`` (no entry, or its package is gone or will not load)."""
+        if recipe is None:
+            return None
+        try:
+            entry = json.loads((cache_dir() / "aot" / "index" / f"{recipe}.json").read_text())
+            out_spec = pytree.treespec_loads(entry["out_spec"])
+            path = cache_dir() / "aot" / f"{entry['package']}.pt2"
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        runner = _load(path)
+        if runner is None:
+            return None
+        full, in_spec = pytree.tree_flatten(args)
+        tensor_pos = [i for i, x in enumerate(full) if isinstance(x, torch.Tensor)]
+        return cls(runner, in_spec, tensor_pos, out_spec, path)
+
+    @classmethod
     def build(
         cls, fn: Callable, args: tuple, leaves: list, traced: _Traced | None = None
     ) -> _Variant:
@@ -386,7 +439,7 @@ def _run_ahead(aot: Aot, layout: tuple, traced: _Traced) -> None:
         jobs.append((other, lay, real, leaves, t))
     _compile_all([(t.gm, leaves, t.path) for *_, leaves, t in jobs if not t.path.exists()])
     for other, lay, real, leaves, t in jobs:
-        other._variants[lay] = _Variant.build(other.fn, real, leaves, traced=t)
+        other._built(lay, real, leaves, t)
 
 
 def _before_fork() -> None:
@@ -482,14 +535,36 @@ def _fold_plan(v: _Variant, carry: tuple, x_arg: int, y_out: int) -> Any:
     return feed, x_span, span(v.out_spec, y_out)
 
 
+def _index_put(recipe: str | None, v: _Variant) -> None:
+    """Index ``v``'s package and output tree under ``recipe``: ``aot/index/<recipe>.json``,
+    written whole (a temporary file renamed into place)."""
+    if recipe is None:
+        return
+    try:
+        entry = json.dumps({"package": v.path.stem, "out_spec": pytree.treespec_dumps(v.out_spec)})
+    except Exception:  # an output tree pytree cannot write: later processes trace it again
+        return
+    folder = cache_dir() / "aot" / "index"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".json", dir=folder)
+    with os.fdopen(fd, "w") as f:
+        f.write(entry)
+    os.replace(tmp, folder / f"{recipe}.json")
+
+
+def _isa() -> tuple[str, str]:
+    """The CPU's architecture and vector ISA as ATen reads it (cheap, where inductor's own
+    ``pick_vec_isa`` costs ~0.9 s per process)."""
+    return platform.machine(), torch.backends.cpu.get_cpu_capability()
+
+
 def _key(gm: torch.fx.GraphModule, leaves: list) -> str:
     """What a package depends on: the traced graph (code and constants), the input layout, and
     the compiler's world (torch, python, threads, the CPU's architecture and vector ISA as ATen
     reads it (cheap, where inductor's own ``pick_vec_isa`` costs ~0.9 s per process), this
     module's format)."""
     h = hashlib.sha256()
-    isa = (platform.machine(), torch.backends.cpu.get_cpu_capability())
-    world = (AOT_FORMAT, torch.__version__, sys.version_info[:2], torch.get_num_threads(), isa,
+    world = (AOT_FORMAT, torch.__version__, sys.version_info[:2], torch.get_num_threads(), _isa(),
              _layout(leaves))  # fmt: skip
     h.update(repr(world).encode())
     h.update(gm.code.encode())
