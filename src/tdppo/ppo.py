@@ -282,9 +282,11 @@ def _shard_permutation(shards: Shards, minibatches: int) -> Callable:
     def permute(key: torch.Tensor, size: int) -> torch.Tensor:
         n = size // shards.local
         ids = torch.arange(shards.first, shards.first + shards.local, device=key.device)
-        perm = tr.permutation(tr.fold_in(key.unsqueeze(-1), ids), n)  # [local, n]
+        perm = tr.permutation(tr.fold_in(key.unsqueeze(-1), ids), n)  # [*K, local, n]
         perm = perm + n * torch.arange(shards.local, device=key.device).unsqueeze(-1)
-        return perm.view(shards.local, minibatches, n // minibatches).transpose(0, 1).reshape(-1)
+        lead = perm.shape[:-2]
+        perm = perm.view(*lead, shards.local, minibatches, n // minibatches).transpose(-3, -2)
+        return perm.reshape(*lead, -1)
 
     return permute
 
@@ -352,12 +354,12 @@ def make_update(
         if mb_size * minibatches != size:
             raise ValueError(f"batch of {size} does not split into {minibatches} minibatches")
         p, o, h = _plain(params), _plain(opt_state), {k: hp[k] for k in UPDATE_HP}
-        minibatch_list = []
-        for epoch in range(epochs):
-            perm = permute(tr.fold_in(key, epoch), size)
-            # one gather per key, then its minibatches as views (one split per key)
-            slices = {k: _take(v, perm).split(mb_size, sample_dim) for k, v in data.items()}
-            minibatch_list += [{k: v[i] for k, v in slices.items()} for i in range(minibatches)]
+        # every epoch's shuffle at once (epoch e: permute(fold_in(key, e), size)), one gather per
+        # key for all epochs, then the minibatches as views (one split per key)
+        epoch_keys = tr.fold_in(key.unsqueeze(-1), torch.arange(epochs, device=key.device))
+        perm = permute(epoch_keys, size).flatten(-2)  # [*M, epochs * size], epoch after epoch
+        slices = {k: _take(v, perm).split(mb_size, sample_dim) for k, v in data.items()}
+        minibatch_list = [{k: v[i] for k, v in slices.items()} for i in range(epochs * minibatches)]
         # the minibatch steps: parameters and Adam's state fed forward, metrics stacked
         (p, o, _), per_step = jit.fold(step, (p, o, None, h), (0, 1), 2, minibatch_list, 2)
         means = {k: per_step[k].mean(0) for k in METRICS}  # over all minibatch steps
