@@ -85,17 +85,22 @@ from tdppo.fingerprint import fingerprint
 from tdppo.learner import make_train_step
 from tdppo.setup import init_state
 def parts(**kw):
-    cfg = Config(env="Pendulum-v1", num_envs=4, num_steps=8, **kw)
-    step = make_train_step(cfg, init_state(cfg, torch.device("cpu"))[1])
-    return {k: fingerprint(f.fn) for k, f in step.compiled_parts.items()}
-print(json.dumps({"0": parts(seed=0), "1": parts(seed=1), "no_clip": parts(clip_vloss=False)}))
+    cfg = Config(**{"env": "Pendulum-v1", "num_envs": 4, "num_steps": 8, **kw})
+    state, parts = init_state(cfg, torch.device("cpu"))
+    fns = {k: f for k, f in make_train_step(cfg, parts).compiled_parts.items() if f is not None}
+    if cfg.backend == "gym":  # the gym backend's per-step pure functions
+        fns.update(policy=parts.collector._policy, step=parts.collector._step)
+    return {k: fingerprint(f.fn) for k, f in fns.items()}
+print(json.dumps({"0": parts(seed=0), "1": parts(seed=1), "no_clip": parts(clip_vloss=False),
+                  "gym": parts(env="CartPole-v1", backend="gym")}))
 """
 
 
 def test_the_train_steps_compiled_parts_are_the_same_in_every_process_and_seed():
-    """The env step and the minibatch step: every value they close over is read (their networks
-    are structure on the meta device, so the seed is not among them) and the fingerprint is
-    the same in two processes; a config field the loss reads changes the minibatch step's."""
+    """The env step and the minibatch step (and the gym backend's policy and step): every value
+    they close over is read (their networks are structure on the meta device, so the seed is
+    not among them) and the fingerprint is the same in two processes; a config field the loss
+    reads changes the minibatch step's."""
     runs = [
         json.loads(
             subprocess.run(
@@ -106,7 +111,8 @@ def test_the_train_steps_compiled_parts_are_the_same_in_every_process_and_seed()
     ]
     a, b = runs
     assert a == b
-    assert None not in a["0"].values()
+    assert None not in a["0"].values() and None not in a["gym"].values()
+    assert len(a["gym"]) == 3
     assert a["0"] == a["1"]  # seeds
     assert a["no_clip"]["env_step"] == a["0"]["env_step"]
     assert a["no_clip"]["minibatch_step"] != a["0"]["minibatch_step"]

@@ -103,6 +103,27 @@ def post_step(
     return carry, tstate, nxt
 
 
+def _policy(actor: torch.nn.Module, params, obs: torch.Tensor, key: torch.Tensor):
+    dp = nets.dist_params_dict(actor, params, obs)
+    action = nets.sample(dp, key)
+    return action, nets.log_prob(dp, action)
+
+
+def _step(plan: Plan, reward_dtype: torch.dtype, actor: torch.nn.Module, tstate, ep_ret,
+          obs2: torch.Tensor, flags: torch.Tensor, params, key: torch.Tensor):  # fmt: skip
+    """The transforms on step ``t``'s raw results, then the action of step ``t + 1`` (pure).
+
+    ``obs2`` ``[2, B, obs]``: the step's and the reset's observations; ``flags`` float64
+    ``[B, 3]``: reward, terminated, truncated (one conversion from numpy for each)."""
+    reward = flags[:, 0:1].to(reward_dtype)
+    terminated, truncated = flags[:, 1:2] != 0, flags[:, 2:3] != 0
+    carry, tstate, nxt = post_step(
+        plan, tstate, ep_ret, obs2[0], obs2[1], reward, terminated, truncated
+    )
+    action, logp = _policy(actor, params, carry["observation"], key)
+    return carry, tstate, nxt, action, logp
+
+
 class GymFastCollector:
     """Collection on make_env's gym-backend pipeline without TorchRL's per-step calls.
 
@@ -144,35 +165,23 @@ class GymFastCollector:
         self.reward_dtype = base.reward_spec.dtype
         self.actor = actor
         self.policy_key = policy_key
-        self._policy = self._policy_impl
-        self._step = self._step_impl
-        if compile:
-            self._policy = jit.compiled(self._policy_impl)
-            self._step = jit.compiled(self._step_impl)
+        # the pure parts close over structure and constants only (not over this object, which
+        # holds the simulators): tdppo.jit finds their packages without tracing when warm
+        plan, reward_dtype = self.plan, self.reward_dtype
 
-    # -- pure ------------------------------------------------------------------------------------
-    def _policy_impl(self, params, obs, key):
-        dp = nets.dist_params_dict(self.actor, params, obs)
-        action = nets.sample(dp, key)
-        return action, nets.log_prob(dp, action)
+        def policy(params, obs, key):
+            return _policy(actor, params, obs, key)
 
-    def _step_impl(self, tstate, ep_ret, obs2, flags, params, key):
-        """The transforms on step ``t``'s raw results, then the action of step ``t + 1``.
+        def step(tstate, ep_ret, obs2, flags, params, key):
+            return _step(plan, reward_dtype, actor, tstate, ep_ret, obs2, flags, params, key)
 
-        ``obs2`` ``[2, B, obs]``: the step's and the reset's observations; ``flags`` float64
-        ``[B, 3]``: reward, terminated, truncated (one conversion from numpy for each)."""
-        reward = flags[:, 0:1].to(self.reward_dtype)
-        terminated, truncated = flags[:, 1:2] != 0, flags[:, 2:3] != 0
-        carry, tstate, nxt = post_step(
-            self.plan, tstate, ep_ret, obs2[0], obs2[1], reward, terminated, truncated
-        )
-        action, logp = self._policy_impl(params, carry["observation"], key)
-        return carry, tstate, nxt, action, logp
+        self._policy, self._step = (jit.compiled(policy), jit.compiled(step)) if compile else (
+            policy, step)  # fmt: skip
 
     # -- impure driver ---------------------------------------------------------------------------
     def _env_step(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One vector step on numpy, then a reset of the done envs (``reset_mask``); the raw
-        results as two tensors (see :meth:`_step_impl`)."""
+        results as two tensors (see :func:`_step`)."""
         obs, reward, terminated, truncated, _ = self.vec.step(
             self.clip_action(action.detach().cpu().numpy())
         )
