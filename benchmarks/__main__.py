@@ -46,8 +46,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--parts",
         default=None,
-        help="throughput: comma-separated sections to run (process,training,sweep,ceilings; "
-        "default all)",
+        help="throughput: comma-separated sections to run (process,training,sweep,ceilings,"
+        "population; default all)",
     )
     return p
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser().parse_known_args(argv)
     if extra and args.name in OWN:
         parser().error(f"unrecognized arguments: {' '.join(extra)}")
-    known = ("process", "training", "sweep", "ceilings")
+    known = ("process", "training", "sweep", "ceilings", "population")  # throughput.PARTS
     if args.parts and not set(args.parts.split(",")) <= set(known):
         parser().error(f"--parts takes a comma-separated subset of {','.join(known)}")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks.common import REPO, finite_median, steady_sps
@@ -96,15 +96,21 @@ def _first_row(metrics: Path) -> bool:
 
 
 def run_tdppo(
-    kw: dict, compile: bool, cache_dir: Path | None, timeout: float, src: Path | None = None
+    kw: dict,
+    compile: bool,
+    cache_dir: Path | None,
+    timeout: float,
+    src: Path | None = None,
+    extra: Sequence[str] = (),
 ) -> dict:
-    """One ``python -m tdppo train`` process; wall clock, first-update time, steady SPS.
-    ``src``: the folder tdppo is imported from (default this checkout's ``src``)."""
+    """One ``python -m tdppo train`` process; wall clock, first-update time, steady SPS (frames
+    per agent). ``src``: the folder tdppo is imported from (default this checkout's ``src``);
+    ``extra``: more flags (``--seeds 0-31`` for a population)."""
     from benchmarks.baselines.tdppo_ppo import read_metrics
 
     run_dir = Path(tempfile.mkdtemp(prefix="tdppo-proc-"))
     try:
-        argv = tdppo_argv(**kw, compile=compile, run_dir=run_dir / "run")
+        argv = tdppo_argv(**kw, compile=compile, run_dir=run_dir / "run") + list(extra)
         metrics = run_dir / "run" / "metrics.csv"
         t0 = time.perf_counter()
         proc = subprocess.Popen(
@@ -127,7 +133,7 @@ def run_tdppo(
         out = proc.stdout.read() if proc.stdout else ""
         if proc.returncode != 0:
             raise RuntimeError(f"tdppo train exited {proc.returncode}: {out.strip()[-400:]}")
-        curve = read_metrics(metrics)
+        curve = list({row[0]: row for row in read_metrics(metrics)}.values())  # a row per update
         if math.isnan(first) and curve:  # finished between two polls
             first = wall
         frames = curve[-1][0] if curve else 0

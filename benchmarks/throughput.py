@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -61,6 +63,10 @@ class Settings:
     process_repeats: int = 2
     process_systems: tuple[str, ...] = process.ROWS
     process_timeout: float = 1800.0
+    population_agents: int = 32
+    population_frames: int = 8 * 2048
+    """Frames per agent of each population-vs-one-agent run (``--parts population``)."""
+    population_repeats: int = 2
     note: str = ""
 
 
@@ -79,6 +85,8 @@ MODES: dict[str, Settings] = {
         sweep_batches=2,
         sweep_repeats=1,
         process_frames=8 * 2048,
+        population_frames=4 * 2048,
+        population_repeats=1,
         note="--quick (2-minute budget): Pendulum-v1 only (CartPole-v1 does not fit: its "
         "discrete policy compiles anew) and 2 repeats, not 3 (3 took 160 s on this 2-core "
         "machine); 2 iterations per run (the steady SPS is the second); "
@@ -103,6 +111,9 @@ MODES: dict[str, Settings] = {
         process_repeats=1,
         process_systems=(process.CLEANRL, process.EAGER),
         process_timeout=600.0,
+        population_agents=2,
+        population_frames=2 * 512,
+        population_repeats=1,
         note="--smoke: a pipeline check, not a measurement (64-step rollouts, 2 epochs x 2 "
         "minibatches, 1 repeat, tdppo's 'compiled' rows run eager).",
     ),
@@ -333,7 +344,7 @@ SWEEP_COLS = [
 ]
 
 
-PARTS = ("process", "training", "sweep", "ceilings")
+PARTS = ("process", "training", "sweep", "ceilings", "population")
 
 
 def _process(s: Settings, threads: int, log) -> tuple[list[dict], list[dict]]:
@@ -363,6 +374,59 @@ def _process(s: Settings, threads: int, log) -> tuple[list[dict], list[dict]]:
         {"system": name, **r} for name, rs in res.items() if not name.startswith("_") for r in rs
     ]
     return process.summarize(res), runs
+
+
+ONE_AGENT, POPULATION = "tdppo, one agent", "tdppo, population"
+POPULATION_COLS = ["system", "agents", "agent_fps", "x_one", "fps_min", "fps_max", "wall_s",
+                   "repeats", "error"]  # fmt: skip
+
+
+def _population(s: Settings, threads: int, log) -> tuple[list[dict], list[dict]]:
+    """Steady agent-frames/s of a vmapped population (``tdppo train --seeds 0-{N-1}``) against
+    one agent (``tdppo train``), both the CLI at the same hyperparameters on one warm cache (a
+    first run of each side, not counted, fills it), interleaved; ``(summary, runs)``."""
+    n = s.population_agents
+    log(f"== population of {n} vs one agent, Pendulum-v1, {s.population_frames} frames each")
+    kw = dict(
+        env_id="Pendulum-v1",
+        frames=s.population_frames,
+        num_envs=s.num_envs,
+        num_steps=s.num_steps,
+        epochs=s.epochs,
+        minibatches=s.minibatches,
+        threads=threads,
+    )
+    cache = Path(tempfile.mkdtemp(prefix="tdppo-inductor-"))
+
+    def one(r: int) -> dict:
+        return {**process.run_tdppo({**kw, "seed": r}, s.compile, cache, s.process_timeout),
+                "agents": 1}  # fmt: skip
+
+    def population(r: int) -> dict:
+        res = process.run_tdppo({**kw, "seed": r}, s.compile, cache, s.process_timeout,
+                                extra=("--seeds", f"{r}-{r + n - 1}"))  # fmt: skip
+        return {**res, "sps": res["sps"] * n, "agents": n}
+
+    try:
+        one(100), population(100)  # warm-up, not counted: compiles both sides' packages
+        res = interleaved({ONE_AGENT: one, POPULATION: population}, s.population_repeats, log)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    summary = []
+    for name, rs in res.items():
+        ok = [r for r in rs if not r.get("error")]
+        fps = [r["sps"] for r in ok]
+        summary.append({
+            "system": name, "agents": n if name == POPULATION else 1,
+            "agent_fps": finite_median(fps), "fps_min": min(fps, default=math.nan),
+            "fps_max": max(fps, default=math.nan),
+            "wall_s": finite_median([r["wall_s"] for r in ok]), "repeats": len(ok),
+            "error": next((r["error"] for r in rs if r.get("error")), ""),
+        })  # fmt: skip
+    for row in summary:
+        row["x_one"] = row["agent_fps"] / summary[0]["agent_fps"]
+    runs = [{"system": name, **r} for name, rs in res.items() for r in rs]
+    return summary, runs
 
 
 def run(
@@ -399,6 +463,7 @@ def run(
     sweep = _sweep(s, threads, log) if "sweep" in parts else []
     # last: tdppo's env-only resets dynamo
     ceilings = _ceilings(s, threads, summary, log) if "ceilings" in parts else []
+    pop_summary, pop_runs = _population(s, threads, log) if "population" in parts else ([], [])
     facts["load average (1, 5, 15 min) at the end"] = _loadavg()
 
     tag = mode_tag = "" if mode == "full" else f"-{mode}"
@@ -415,6 +480,14 @@ def run(
         files["process_runs_csv"] = common.write_csv(
             out / f"throughput-process-runs{mode_tag}.csv", proc_runs, process.RUN_COLS
         )
+    if pop_summary:
+        files["population_csv"] = common.write_csv(
+            out / f"throughput-population{mode_tag}.csv", pop_summary, POPULATION_COLS
+        )
+        files["population_runs_csv"] = common.write_csv(
+            out / f"throughput-population-runs{mode_tag}.csv", pop_runs,
+            ["system", "repeat", "agents", "frames", "wall_s", "sps", "error"],
+        )  # fmt: skip
     if "training" in parts:
         files["csv"] = common.write_csv(out / f"throughput{tag}.csv", summary, SUMMARY_COLS)
         files["runs_csv"] = common.write_csv(out / f"throughput-runs{tag}.csv", runs, RUN_COLS)
@@ -455,7 +528,19 @@ def run(
         out / f"throughput{tag}.md",
         f"Training throughput ({mode})",
         facts,
-        _sections(s, mode, summary, ceilings, sweep, files, proc_summary, proc_runs, runs),
+        _sections(
+            s,
+            mode,
+            summary,
+            ceilings,
+            sweep,
+            files,
+            proc_summary,
+            proc_runs,
+            runs,
+            pop_summary,
+            pop_runs,
+        ),  # fmt: skip
     )
     log(f"wrote {files['md']}")
     return files
@@ -471,7 +556,7 @@ def _ratios(row: dict) -> str:
 
 
 def _sections(
-    s, mode, summary, ceilings, sweep, files, proc=(), proc_runs=(), runs=()
+    s, mode, summary, ceilings, sweep, files, proc=(), proc_runs=(), runs=(), pop=(), pop_runs=()
 ) -> list[tuple[str, str]]:
     setup = (
         f"{s.num_envs} envs x {s.num_steps} steps, {s.epochs} epochs x {s.minibatches} "
@@ -526,9 +611,37 @@ def _sections(
                 common.markdown_table(sweep, SWEEP_COLS) + "\n\n" + _saturation(sweep),
             )
         )
+    if pop:
+        sections.append((f"Population of {s.population_agents} vs one agent", _population_text(s)
+                         + "\n\n" + common.markdown_table(pop, POPULATION_COLS) + "\n\n"
+                         + _paired_population(pop_runs)))  # fmt: skip
     if plots:
         sections.append(("Plots", plots))
     return sections
+
+
+def _population_text(s: Settings) -> str:
+    return (
+        f"`tdppo train --seeds R-{{R+{s.population_agents - 1}}}` (one process, the members "
+        f"vmapped) against `tdppo train --seed R`, Pendulum-v1, {s.population_frames} frames per "
+        f"agent, {s.num_envs} envs x {s.num_steps} steps and {s.epochs} epochs x "
+        f"{s.minibatches} minibatches per agent, {'compiled' if s.compile else 'eager'}, both on "
+        "one cache folder warmed by a first run of each (not counted), interleaved over "
+        f"{s.population_repeats} repeat(s). `agent_fps`: steady agent-frames/s (members x "
+        "frames per agent between the first and the last update / their time); `x_one` = "
+        "agent_fps / the one agent's; `wall_s`: the whole process."
+    )
+
+
+def _paired_population(runs) -> str:
+    """Each repeat's population agent-frames/s over the one agent's of the same repeat."""
+    by = {(r["system"], r.get("repeat")): r for r in runs if not r.get("error")}
+    pairs = [
+        by[POPULATION, k[1]]["sps"] / by[k]["sps"]
+        for k in by
+        if k[0] == ONE_AGENT and (POPULATION, k[1]) in by
+    ]
+    return "Paired by repeat: " + ", ".join(f"{x:.2f}x" for x in pairs) if pairs else ""
 
 
 def _paired_training(runs) -> str:
