@@ -20,7 +20,8 @@ the traced graph, its version, its config and the machine. Either way a change t
 compilation (inductor's lowering, code generation and the C++ compiler), and for AOT packages
 the tracing too: ``aot/index`` maps each function's :func:`tdppo.fingerprint.fingerprint` (its
 code and every value it closes over, read without running it) and input layout to the package
-its trace gave. Delete the folder to start cold.
+its trace gave. Delete the folder to start cold. On a cold cache, the driver's first iteration
+runs inside :func:`compile_ahead`, which compiles every package the step needs side by side.
 
 >>> import torch
 >>> def add_one(x):
