@@ -180,6 +180,24 @@ def test_the_index_skips_tracing_only_for_the_same_code_and_values(graphs, monke
     assert len(traced) == 4 and len(compiles) == 3
 
 
+def test_an_index_that_cannot_be_written_only_costs_the_tracing(graphs, monkeypatch):
+    """A read-only (shared) cache folder: the index entry is not written, the call still runs
+    (and equals eager), and the next process traces again."""
+    carry, params, xs = _inputs()
+
+    def read_only(*a, **k):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(jit.tempfile, "mkstemp", read_only)
+    for _ in range(2):
+        out = jit.compiled(_scaled(5.0))(carry, params, xs[0], 3)
+        _assert_trees_close(out, _scaled(5.0)(carry, params, xs[0], 3))
+    assert len(graphs) == 1  # compiled once (the stub's package), traced twice
+    assert not (graphs[0].parent / "index").exists() or not any(
+        (graphs[0].parent / "index").iterdir()
+    )
+
+
 def test_fold_is_the_loop_of_calls_bit_for_bit(cache):
     carry, params, xs = _inputs()
     fn = jit.compiled(_step)

@@ -546,11 +546,14 @@ def _index_put(recipe: str | None, v: _Variant) -> None:
     except Exception:  # an output tree pytree cannot write: later processes trace it again
         return
     folder = cache_dir() / "aot" / "index"
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        f.write(entry)
-    os.replace(tmp, folder / f"{recipe}.json")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".json", dir=folder)
+        with os.fdopen(fd, "w") as f:
+            f.write(entry)
+        os.replace(tmp, folder / f"{recipe}.json")
+    except OSError:  # a read-only (shared) cache: the packages still load, after tracing
+        return
 
 
 def _isa() -> tuple[str, str]:
