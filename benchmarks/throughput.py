@@ -347,18 +347,16 @@ SWEEP_COLS = [
 PARTS = ("process", "training", "sweep", "ceilings", "population")
 
 
+def _cli_kw(s: Settings, frames: int, threads: int) -> dict:
+    """The shared hyperparameters of the CLI-run rows (:func:`benchmarks.process.tdppo_argv`)."""
+    return dict(env_id="Pendulum-v1", frames=frames, num_envs=s.num_envs, num_steps=s.num_steps,
+                epochs=s.epochs, minibatches=s.minibatches, threads=threads)  # fmt: skip
+
+
 def _process(s: Settings, threads: int, log) -> tuple[list[dict], list[dict]]:
     """Whole-process rows (one subprocess each), interleaved; ``(summary, runs)``."""
     log(f"== whole process, Pendulum-v1, {s.process_frames} frames, start to exit")
-    kw = dict(
-        env_id="Pendulum-v1",
-        frames=s.process_frames,
-        num_envs=s.num_envs,
-        num_steps=s.num_steps,
-        epochs=s.epochs,
-        minibatches=s.minibatches,
-        threads=threads,
-    )
+    kw = _cli_kw(s, s.process_frames, threads)
     systems = (
         s.process_systems
         if s.compile
@@ -387,15 +385,7 @@ def _population(s: Settings, threads: int, log) -> tuple[list[dict], list[dict]]
     first run of each side, not counted, fills it), interleaved; ``(summary, runs)``."""
     n = s.population_agents
     log(f"== population of {n} vs one agent, Pendulum-v1, {s.population_frames} frames each")
-    kw = dict(
-        env_id="Pendulum-v1",
-        frames=s.population_frames,
-        num_envs=s.num_envs,
-        num_steps=s.num_steps,
-        epochs=s.epochs,
-        minibatches=s.minibatches,
-        threads=threads,
-    )
+    kw = _cli_kw(s, s.population_frames, threads)
     cache = Path(tempfile.mkdtemp(prefix="tdppo-inductor-"))
 
     def one(r: int) -> dict:
