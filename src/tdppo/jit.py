@@ -150,6 +150,7 @@ class Aot:
         self.__name__ = getattr(fn, "__name__", "fn")
         self._variants: dict[tuple, _Variant] = {}
         self._by_structure: dict[tuple, _Variant] = {}
+        self._recipes: dict[tuple, str | None] = {}
         self._dynamo: Callable | None = None
 
     @property
@@ -172,14 +173,13 @@ class Aot:
                 v = _Variant.indexed(self._recipe(layout), args)  # no tracing when warm
                 if v is not None:
                     self._variants[layout] = v
-                    self._by_structure[structure] = v
-                    return v, leaves
-                t = _Traced.of(self.fn, args, leaves)
-                if _ahead is not None and not t.path.exists():  # compile_ahead, on a cold cache
-                    _run_ahead(self, layout, t)
-                    v = self._variants.get(layout)
-                if v is None:
-                    v = self._built(layout, args, leaves, t)
+                else:
+                    t = _Traced.of(self.fn, args, leaves)
+                    if _ahead is not None and not t.path.exists():  # compile_ahead, cold cache
+                        _run_ahead(self, layout, t)
+                        v = self._variants.get(layout)
+                    if v is None:
+                        v = self._built(layout, args, leaves, t)
             self._by_structure[structure] = v
         return v, leaves
 
@@ -187,14 +187,16 @@ class Aot:
         """The key of the traced graph for ``layout`` computed without tracing: the function's
         :func:`tdppo.fingerprint.fingerprint` (its code and all it closes over) and what else
         tracing reads (global settings, versions); ``None`` when it has no fingerprint."""
-        fp = fingerprint(self.fn)
-        if fp is None:
-            return None
-        world = (AOT_FORMAT, torch.__version__, sys.version_info[:2], torch.get_num_threads(),
-                 torch.get_default_dtype(), torch.are_deterministic_algorithms_enabled(),
-                 torch.get_float32_matmul_precision(), torch.is_autocast_enabled("cpu"),
-                 _isa(), layout)  # fmt: skip
-        return hashlib.sha256(f"{world!r}{fp}".encode()).hexdigest()[:40]
+        if layout not in self._recipes:  # once per layout: the lookup and the index write
+            fp = fingerprint(self.fn)
+            world = (AOT_FORMAT, torch.__version__, sys.version_info[:2], torch.get_num_threads(),
+                     torch.get_default_dtype(), torch.are_deterministic_algorithms_enabled(),
+                     torch.get_float32_matmul_precision(), torch.is_autocast_enabled("cpu"),
+                     _isa(), layout)  # fmt: skip
+            self._recipes[layout] = (
+                None if fp is None else hashlib.sha256(f"{world!r}{fp}".encode()).hexdigest()[:40]
+            )
+        return self._recipes[layout]
 
     def _built(self, layout: tuple, args: tuple, leaves: list, traced: _Traced) -> _Variant:
         """The variant of ``traced`` (its package loaded, or compiled first), also indexed
