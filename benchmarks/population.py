@@ -191,7 +191,6 @@ def _report(res: dict, out: Path, suffix: str) -> None:
         )
     facts = common.machine_facts(res["threads"])
     facts["load average (1 min, at end)"] = f"{res['load_average_end']:.2f}"
-    facts["note"] = "machine shared with other engineers' jobs during the run"
     setup = (
         f"{res['env']}, {res['agents']} agents (seeds 0..{res['agents'] - 1}), "
         f"{res['frames_per_agent']} frames each ({res['updates']} updates), "
