@@ -163,7 +163,6 @@ class GymFastCollector:
         self.clip_action = action_clipper(vec.single_action_space)
         self.device = env.device if env.device is not None else torch.device("cpu")
         self.reward_dtype = base.reward_spec.dtype
-        self.actor = actor
         self.policy_key = policy_key
         # the pure parts close over structure and constants only (not over this object, which
         # holds the simulators): tdppo.jit finds their packages without tracing when warm
