@@ -314,6 +314,12 @@ def _flatten(tree: Any, leaves: list) -> tuple:
     raise TypeError(f"tdppo.jit.Aot takes dicts, lists, tuples and tensors, not {type(tree)}")
 
 
+def _inputs(args: tuple) -> tuple[list, Any, list[int]]:
+    """pytree's leaves of ``args``, their tree, and which leaves are tensors (runner inputs)."""
+    full, in_spec = pytree.tree_flatten(args)
+    return full, in_spec, [i for i, x in enumerate(full) if isinstance(x, torch.Tensor)]
+
+
 def _layout(leaves: list) -> list:
     return [(t.shape, t.dtype, t.stride(), t.device, t.requires_grad) for t in leaves]
 
@@ -350,8 +356,7 @@ class _Variant:
         runner = _load(path)
         if runner is None:
             return None
-        full, in_spec = pytree.tree_flatten(args)
-        tensor_pos = [i for i, x in enumerate(full) if isinstance(x, torch.Tensor)]
+        _, in_spec, tensor_pos = _inputs(args)
         return cls(runner, in_spec, tensor_pos, out_spec, path)
 
     @classmethod
@@ -382,8 +387,7 @@ class _Traced:
     def of(cls, fn: Callable, args: tuple, leaves: list) -> _Traced:
         from torch.fx.experimental.proxy_tensor import make_fx
 
-        full, in_spec = pytree.tree_flatten(args)
-        tensor_pos = [i for i, x in enumerate(full) if isinstance(x, torch.Tensor)]
+        full, in_spec, tensor_pos = _inputs(args)
         out_specs: list = []
 
         def flat_fn(*flat):
