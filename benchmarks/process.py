@@ -217,7 +217,7 @@ def _cleanup(paths: list[Path]) -> dict:
     return {}
 
 
-def summarize(results: dict[str, list[dict]]) -> list[dict]:
+def summarize(results: dict[str, list[dict]], reference: str = REFERENCE) -> list[dict]:
     """Median, min and max of wall clock, first-update time and SPS per row; ratios to the
     reference (wall: reference / row, so > 1 is faster; SPS: row / reference)."""
     out = []
@@ -250,7 +250,7 @@ def summarize(results: dict[str, list[dict]]) -> list[dict]:
                 "error": next((r["error"] for r in res if r.get("error")), ""),
             }
         )
-    ref = next((r for r in out if r["system"] == REFERENCE), None)
+    ref = next((r for r in out if r["system"] == reference), None)
     for r in out:
         good = ref is not None and r["repeats"] and ref["repeats"]
         r["x_wall"] = ref["wall_s"] / r["wall_s"] if good else math.nan

@@ -375,48 +375,35 @@ def _process(s: Settings, threads: int, log) -> tuple[list[dict], list[dict]]:
 
 
 ONE_AGENT, POPULATION = "tdppo, one agent", "tdppo, population"
-POPULATION_COLS = ["system", "agents", "agent_fps", "x_one", "fps_min", "fps_max", "wall_s",
-                   "repeats", "error"]  # fmt: skip
+POPULATION_COLS = ["system", "sps", "x_sps", "sps_min", "sps_max", "wall_s", "frames", "repeats",
+                   "error"]  # fmt: skip
 
 
 def _population(s: Settings, threads: int, log) -> tuple[list[dict], list[dict]]:
     """Steady agent-frames/s of a vmapped population (``tdppo train --seeds 0-{N-1}``) against
     one agent (``tdppo train``), both the CLI at the same hyperparameters on one warm cache (a
-    first run of each side, not counted, fills it), interleaved; ``(summary, runs)``."""
+    first run of each side, not counted, fills it), interleaved; ``(summary, runs)``, with
+    ``sps`` in agent-frames/s and the ratios to the one agent."""
     n = s.population_agents
     log(f"== population of {n} vs one agent, Pendulum-v1, {s.population_frames} frames each")
     kw = _cli_kw(s, s.population_frames, threads)
     cache = Path(tempfile.mkdtemp(prefix="tdppo-inductor-"))
 
     def one(r: int) -> dict:
-        return {**process.run_tdppo({**kw, "seed": r}, s.compile, cache, s.process_timeout),
-                "agents": 1}  # fmt: skip
+        return process.run_tdppo({**kw, "seed": r}, s.compile, cache, s.process_timeout)
 
     def population(r: int) -> dict:
         res = process.run_tdppo({**kw, "seed": r}, s.compile, cache, s.process_timeout,
                                 extra=("--seeds", f"{r}-{r + n - 1}"))  # fmt: skip
-        return {**res, "sps": res["sps"] * n, "agents": n}
+        return {**res, "sps": res["sps"] * n, "frames": res["frames"] * n}
 
     try:
         one(100), population(100)  # warm-up, not counted: compiles both sides' packages
         res = interleaved({ONE_AGENT: one, POPULATION: population}, s.population_repeats, log)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    summary = []
-    for name, rs in res.items():
-        ok = [r for r in rs if not r.get("error")]
-        fps = [r["sps"] for r in ok]
-        summary.append({
-            "system": name, "agents": n if name == POPULATION else 1,
-            "agent_fps": finite_median(fps), "fps_min": min(fps, default=math.nan),
-            "fps_max": max(fps, default=math.nan),
-            "wall_s": finite_median([r["wall_s"] for r in ok]), "repeats": len(ok),
-            "error": next((r["error"] for r in rs if r.get("error")), ""),
-        })  # fmt: skip
-    for row in summary:
-        row["x_one"] = row["agent_fps"] / summary[0]["agent_fps"]
     runs = [{"system": name, **r} for name, rs in res.items() for r in rs]
-    return summary, runs
+    return process.summarize(res, reference=ONE_AGENT), runs
 
 
 def run(
@@ -475,9 +462,8 @@ def run(
             out / f"throughput-population{mode_tag}.csv", pop_summary, POPULATION_COLS
         )
         files["population_runs_csv"] = common.write_csv(
-            out / f"throughput-population-runs{mode_tag}.csv", pop_runs,
-            ["system", "repeat", "agents", "frames", "wall_s", "sps", "error"],
-        )  # fmt: skip
+            out / f"throughput-population-runs{mode_tag}.csv", pop_runs, process.RUN_COLS
+        )
     if "training" in parts:
         files["csv"] = common.write_csv(out / f"throughput{tag}.csv", summary, SUMMARY_COLS)
         files["runs_csv"] = common.write_csv(out / f"throughput-runs{tag}.csv", runs, RUN_COLS)
@@ -604,7 +590,7 @@ def _sections(
     if pop:
         sections.append((f"Population of {s.population_agents} vs one agent", _population_text(s)
                          + "\n\n" + common.markdown_table(pop, POPULATION_COLS) + "\n\n"
-                         + _paired_population(pop_runs)))  # fmt: skip
+                         + _paired(pop_runs, ONE_AGENT)))  # fmt: skip
     if plots:
         sections.append(("Plots", plots))
     return sections
@@ -617,21 +603,10 @@ def _population_text(s: Settings) -> str:
         f"agent, {s.num_envs} envs x {s.num_steps} steps and {s.epochs} epochs x "
         f"{s.minibatches} minibatches per agent, {'compiled' if s.compile else 'eager'}, both on "
         "one cache folder warmed by a first run of each (not counted), interleaved over "
-        f"{s.population_repeats} repeat(s). `agent_fps`: steady agent-frames/s (members x "
-        "frames per agent between the first and the last update / their time); `x_one` = "
-        "agent_fps / the one agent's; `wall_s`: the whole process."
+        f"{s.population_repeats} repeat(s). `sps`: steady agent-frames/s (members x frames "
+        "per agent between the first and the last update / their time); `x_sps` = sps / the one "
+        "agent's; `frames`: agent-frames; `wall_s`: the whole process."
     )
-
-
-def _paired_population(runs) -> str:
-    """Each repeat's population agent-frames/s over the one agent's of the same repeat."""
-    by = {(r["system"], r.get("repeat")): r for r in runs if not r.get("error")}
-    pairs = [
-        by[POPULATION, k[1]]["sps"] / by[k]["sps"]
-        for k in by
-        if k[0] == ONE_AGENT and (POPULATION, k[1]) in by
-    ]
-    return "Paired by repeat: " + ", ".join(f"{x:.2f}x" for x in pairs) if pairs else ""
 
 
 def _paired_training(runs) -> str:
@@ -682,10 +657,10 @@ def _process_text(s: Settings) -> str:
     )
 
 
-def _paired(runs) -> str:
-    """Per repeat, CleanRL-style wall / row wall and row sps / CleanRL-style sps (the rows of
-    one repeat ran minutes apart, so these pairs see similar load)."""
-    ref = {r["repeat"]: r for r in runs if r["system"] == process.REFERENCE and not r["error"]}
+def _paired(runs, reference: str = process.REFERENCE) -> str:
+    """Per repeat, reference wall / row wall and row sps / reference sps (the rows of one repeat
+    ran minutes apart, so these pairs see similar load)."""
+    ref = {r["repeat"]: r for r in runs if r["system"] == reference and not r["error"]}
     lines = ["Paired by repeat (`x_wall`; `x_sps`):", ""]
     for name in dict.fromkeys(r["system"] for r in runs):
         mine = [r for r in runs if r["system"] == name and not r["error"] and r["repeat"] in ref]

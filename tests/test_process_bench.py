@@ -43,6 +43,11 @@ def test_summary_medians_spread_and_ratios():
     assert warm["x_wall"] == pytest.approx(20.0 / 4.5)
     assert warm["x_sps"] == pytest.approx(2.0)
     assert rows[process.EAGER]["error"] == "boom" and math.isnan(rows[process.EAGER]["x_wall"])
+    # another reference row (the population part uses the one agent's): ratios to it
+    rows = {r["system"]: r for r in process.summarize(res, reference=process.WARM)}
+    assert rows[process.WARM]["x_sps"] == 1.0
+    assert rows[process.CLEANRL]["x_sps"] == pytest.approx(150.0 / 300.0)
+    assert rows[process.CLEANRL]["x_wall"] == pytest.approx(4.5 / 20.0)
 
 
 def test_tdppo_command_is_the_config_the_baselines_run(tmp_path):
