@@ -111,8 +111,40 @@ def compiled(fn: Callable, *, mode: str | None = None, backend: str = "inductor"
     return out
 
 
-AOT_FORMAT = 1
+AOT_FORMAT = 2
 """Bumped when this module changes what it puts in a package (part of every package's key)."""
+
+_TANH_SMALL = 0.625
+_TANH_POLY = (0.9999999999948348, -0.33333333162135753, 0.13333324005973995,
+              -0.05396630956676123, 0.021849439238019408, -0.008749526386030685,
+              0.003225606463370346, -0.0008011311399146921)  # fmt: skip
+"""``tanh(x) / x`` as a polynomial in ``x * x`` for ``|x| < 0.625``: a float64 least-squares fit
+(relative error, Chebyshev nodes)."""
+
+
+def _tanh(x: torch.Tensor) -> torch.Tensor:
+    """``tanh`` as :class:`Aot` packages compute it: an odd polynomial near 0,
+    ``(1 - e) / (1 + e)`` with ``e = exp(-2|x|)`` elsewhere; within 2 ulp of float64 ``tanh``
+    (tested; 1.5 measured, torch's own is within 1). Why: inductor's CPU ``tanh`` (Sleef's)
+    costs ~2.8 ns per element, this about half."""
+    a = x.abs()
+    e = torch.exp(-2.0 * a)
+    far = torch.copysign((1.0 - e) / (1.0 + e), x)
+    z = x * x
+    p = _TANH_POLY[-1]
+    for c in reversed(_TANH_POLY[:-1]):
+        p = p * z + c
+    return torch.where(a < _TANH_SMALL, x * p, far)
+
+
+_LOWERINGS = {torch.ops.aten.tanh.default: _tanh}
+"""What the traced graph computes in place of an aten op (``make_fx``'s decomposition table).
+Autograd sits above it: ``tanh``'s gradient is still ``1 - y * y`` of the value computed."""
+
+_INDUCTOR = {"realize_cpu_opcount_threshold": 8}
+"""AOTInductor's options for every package. Pointwise results of more than 8 ops are stored
+once, not recomputed in each kernel that reads them (inductor's CPU default is 50): with
+:func:`_tanh`'s ~30 ops, a population's minibatch step ran ~13% faster than with 50."""
 
 _checking = True  # False inside guards_checked(False): inputs are trusted to keep their layout
 
@@ -399,7 +431,7 @@ class _Traced:
             return tuple(out_leaves)
 
         with torch.no_grad():
-            gm = make_fx(flat_fn, tracing_mode="fake")(*leaves)
+            gm = make_fx(flat_fn, decomposition_table=_LOWERINGS, tracing_mode="fake")(*leaves)
         path = cache_dir() / "aot" / f"{_key(gm, leaves)}.pt2"
         return cls(gm, in_spec, tensor_pos, out_specs[-1], path)
 
@@ -643,7 +675,9 @@ def _compile_package(gm: torch.fx.GraphModule, leaves: list, path: Path) -> None
     try:
         with warnings.catch_warnings():  # torch's own deprecation notices, not the user's
             warnings.simplefilter("ignore", FutureWarning)
-            torch._inductor.aoti_compile_and_package(ep, package_path=tmp)
+            torch._inductor.aoti_compile_and_package(
+                ep, package_path=tmp, inductor_configs=dict(_INDUCTOR)
+            )
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
