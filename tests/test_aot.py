@@ -228,6 +228,35 @@ def test_packages_compute_tanh_within_2_ulp_of_float64_and_its_gradient_from_it(
     assert torch.isnan(fn(torch.full_like(x, float("nan")))[0]).all()
 
 
+def _affine(x):
+    return x * 3.0 - 1.0
+
+
+def test_a_compile_that_fails_with_the_isa_taken_on_trust_is_tried_again_with_probes(
+    cache, monkeypatch
+):
+    """Packages compile first with inductor's vector-ISA probes skipped (jit._TRUST_ISA); a
+    failure then compiles again with inductor's memo of the ISAs forgotten, so it probes."""
+    from torch._inductor import cpu_vec_isa
+
+    monkeypatch.setattr(torch._inductor.config.cpp, "vec_isa_ok", None)
+    real, tries = torch._inductor.aoti_compile_and_package, []
+
+    def aoti(ep, package_path, inductor_configs):
+        tries.append((inductor_configs.get("cpp.vec_isa_ok"),
+                      cpu_vec_isa.valid_vec_isa_list.cache_info().currsize))  # fmt: skip
+        if len(tries) == 1:
+            cpu_vec_isa.valid_vec_isa_list()  # what a trusted try leaves memoized
+            raise RuntimeError("g++: unrecognized command-line option '-mavx512f'")
+        return real(ep, package_path=package_path, inductor_configs=inductor_configs)
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", aoti)
+    x = torch.randn(5)
+    fn = jit.compiled(_affine)
+    assert torch.equal(fn(x), _affine(x))
+    assert jit.captured(fn) and tries == [(True, tries[0][1]), (None, 0)]
+
+
 def test_fold_is_the_loop_of_calls_bit_for_bit(cache):
     carry, params, xs = _inputs()
     fn = jit.compiled(_step)

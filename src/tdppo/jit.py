@@ -146,6 +146,12 @@ _INDUCTOR = {"realize_cpu_opcount_threshold": 8}
 once, not recomputed in each kernel that reads them (inductor's CPU default is 50): with
 :func:`_tanh`'s ~30 ops, a population's minibatch step ran ~13% faster than with 50."""
 
+_TRUST_ISA = {"cpp.vec_isa_ok": True}
+"""Tried first when the user has not set ``TORCHINDUCTOR_VEC_ISA_OK``: inductor takes the vector
+ISAs the CPU lists instead of compiling and loading a probe program for each, ~6 s of a cold
+start here (into an empty compile cache, as on a fresh machine). A compile that fails so is
+tried again with the probes."""
+
 _checking = True  # False inside guards_checked(False): inputs are trusted to keep their layout
 
 
@@ -664,6 +670,18 @@ class _Graph(torch.nn.Module):
         return self.gm(*flat)
 
 
+def _forget_isa_verdicts() -> None:
+    """Drop inductor's memo of which vector ISAs work (taken on trust by a failed try), so the
+    next compile probes them."""
+    from torch._inductor import cpu_vec_isa
+
+    cpu_vec_isa.valid_vec_isa_list.cache_clear()
+    for isa in cpu_vec_isa.supported_vec_isa_list:
+        verdict = type(isa).__dict__.get("__bool__")
+        if hasattr(verdict, "cache_clear"):
+            verdict.cache_clear()
+
+
 def _compile_package(gm: torch.fx.GraphModule, leaves: list, path: Path) -> None:
     """AOTInductor's package for ``gm``, written to a temporary file and renamed into place
     (a crash leaves no partial package; concurrent processes each write a whole one)."""
@@ -672,12 +690,24 @@ def _compile_package(gm: torch.fx.GraphModule, leaves: list, path: Path) -> None
         ep = torch.export.export(_Graph(gm), tuple(leaves), strict=False)
     fd, tmp = tempfile.mkstemp(suffix=".pt2", dir=path.parent)
     os.close(fd)
+    from torch._inductor import config as inductor_config
+
+    tries = [_INDUCTOR]
+    if inductor_config.cpp.vec_isa_ok is None:  # the user left inductor to probe
+        tries.insert(0, {**_INDUCTOR, **_TRUST_ISA})
     try:
         with warnings.catch_warnings():  # torch's own deprecation notices, not the user's
             warnings.simplefilter("ignore", FutureWarning)
-            torch._inductor.aoti_compile_and_package(
-                ep, package_path=tmp, inductor_configs=dict(_INDUCTOR)
-            )
+            for i, options in enumerate(tries):
+                try:
+                    torch._inductor.aoti_compile_and_package(
+                        ep, package_path=tmp, inductor_configs=dict(options)
+                    )
+                    break
+                except Exception:
+                    if i == len(tries) - 1:
+                        raise
+                    _forget_isa_verdicts()
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
