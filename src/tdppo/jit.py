@@ -22,6 +22,8 @@ the tracing too: ``aot/index`` maps each function's :func:`tdppo.fingerprint.fin
 code and every value it closes over, read without running it) and input layout to the package
 its trace gave. Delete the folder to start cold. On a cold cache, the driver's first iteration
 runs inside :func:`compile_ahead`, which compiles every package the step needs side by side.
+Packages compute ``tanh`` with :func:`_tanh` (within 2 ulp of float64, not bit-equal to torch's)
+and take the CPU's vector ISAs on trust while compiling (a failed compile probes them).
 
 >>> import torch
 >>> def add_one(x):
