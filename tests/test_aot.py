@@ -257,6 +257,21 @@ def test_a_compile_that_fails_with_the_isa_taken_on_trust_is_tried_again_with_pr
     assert jit.captured(fn) and tries == [(True, tries[0][1]), (None, 0)]
 
 
+def test_the_isa_probes_left_with_the_isa_on_trust_run_in_a_forked_process(tmp_path, monkeypatch):
+    """jit._probe_isa_aside: while the compiling process traces, a child runs inductor's
+    remaining probes (AVX-512 bfloat16, VNNI), whose compiled test programs land in the cache."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    jit._forget_isa_verdicts()  # as in a process that has not compiled yet
+    with torch._inductor.config.patch({"cpp.vec_isa_ok": None}):
+        pid = jit._probe_isa_aside()
+    assert pid is not None
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    if torch.cpu._is_avx512_bf16_supported():
+        assert list(tmp_path.rglob("*.so")), "no probe program compiled"
+    with torch._inductor.config.patch({"cpp.vec_isa_ok": False}):  # the user's own setting
+        assert jit._probe_isa_aside() is None
+
+
 def test_fold_is_the_loop_of_calls_bit_for_bit(cache):
     carry, params, xs = _inputs()
     fn = jit.compiled(_step)

@@ -475,6 +475,41 @@ def _run_ahead(aot: Aot, layout: tuple, traced: _Traced) -> None:
     already ``traced``."""
     global _ahead
     (fn, args), _ahead = _ahead, None  # one dry run per context
+    probe = _probe_isa_aside()
+    try:
+        _build_ahead(aot, layout, traced, fn, args)
+    finally:
+        if probe is not None:
+            os.waitpid(probe, 0)
+
+
+def _probe_isa_aside() -> int | None:
+    """A forked process that runs, while this one traces, the vector-ISA probes inductor still
+    runs with the ISAs taken on trust (:data:`_TRUST_ISA`: AVX-512 bfloat16 and VNNI, a g++
+    compile each, ~2 s together). Their results are files in the compile cache, which the
+    compiles then find built. ``None`` where it does not apply (no fork, or the user's own
+    ``TORCHINDUCTOR_VEC_ISA_OK``)."""
+    from torch._inductor import config as inductor_config
+
+    if not hasattr(os, "fork") or inductor_config.cpp.vec_isa_ok is not None:
+        return None
+    _before_fork()
+    pid = os.fork()
+    if pid == 0:  # the child probes and leaves without Python's exit handlers
+        code = 1
+        try:
+            from torch._inductor import cpu_vec_isa
+
+            with inductor_config.patch(_TRUST_ISA):
+                cpu_vec_isa.pick_vec_isa()
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _build_ahead(aot: Aot, layout: tuple, traced: _Traced, fn: Callable, args: tuple) -> None:
+    """:func:`_run_ahead`'s work: ``fn(*args)`` dry, then the variants it met built."""
     jobs = []
     for other, fake_args in _dry_run(fn, args):  # real inputs of the same layout (any values)
         real = pytree.tree_map_only(torch.Tensor, _real_like, fake_args)
