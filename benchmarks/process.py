@@ -11,7 +11,9 @@ Rows (interleaved: A B C D E, A B C D E, ...):
   baseline's ``run`` (``benchmarks/baselines``); the child prints the wall-clock instant of the
   end of its first iteration.
 - **tdppo compiled, cold cache**: ``python -m tdppo train ...``, the command a user types, with
-  ``TORCHINDUCTOR_CACHE_DIR`` pointing at a new empty folder: every graph compiles from scratch.
+  ``TORCHINDUCTOR_CACHE_DIR`` pointing at a new empty folder, and ``TMPDIR`` at an empty folder
+  in it (torch keeps some compile artifacts under the temp folder, outside the cache): every
+  graph compiles from scratch, as on a fresh machine.
 - **tdppo compiled, warm cache**: the same command in the same folder again (the cold row of the
   same repeat filled it): a second run on the same machine.
 - **tdppo eager**: ``--no-compile``.
@@ -84,6 +86,12 @@ def _env(threads: int, cache_dir: Path | None, src: Path | None = None) -> dict[
     )
     if cache_dir is not None:
         env["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
+        # torch writes some compile artifacts under the temp folder whatever the cache folder
+        # (inductor's precompiled headers, in /tmp/torchinductor_<user>): a fresh one per cache
+        # folder, so that cold is a fresh machine's first run for every row, [A] included
+        tmp = cache_dir / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        env["TMPDIR"] = str(tmp)
     return env
 
 

@@ -272,6 +272,25 @@ def test_the_isa_probes_left_with_the_isa_on_trust_run_in_a_forked_process(tmp_p
         assert jit._probe_isa_aside() is None
 
 
+def _scaled(x):
+    return x * 0.5
+
+
+def test_packages_leave_nothing_outside_the_cache_folder(cache, monkeypatch):
+    """No precompiled header: inductor would build one (156 MB) under /tmp/torchinductor_<user>,
+    outside the cache folder, costing a fresh machine's first compile ~10 s."""
+    import torch._inductor.codecache as codecache
+
+    headers = []
+    real = codecache._precompile_header
+    monkeypatch.setattr(codecache, "_precompile_header",
+                        lambda *a, **k: headers.append(a) or real(*a, **k))  # fmt: skip
+    fn = jit.compiled(_scaled)
+    x = torch.randn(3)
+    assert torch.equal(fn(x), _scaled(x)) and jit.captured(fn)
+    assert headers == []
+
+
 def test_fold_is_the_loop_of_calls_bit_for_bit(cache):
     carry, params, xs = _inputs()
     fn = jit.compiled(_step)

@@ -143,10 +143,13 @@ _LOWERINGS = {torch.ops.aten.tanh.default: _tanh}
 """What the traced graph computes in place of an aten op (``make_fx``'s decomposition table).
 Autograd sits above it: ``tanh``'s gradient is still ``1 - y * y`` of the value computed."""
 
-_INDUCTOR = {"realize_cpu_opcount_threshold": 8}
+_INDUCTOR = {"realize_cpu_opcount_threshold": 8, "aot_inductor.precompile_headers": False}
 """AOTInductor's options for every package. Pointwise results of more than 8 ops are stored
 once, not recomputed in each kernel that reads them (inductor's CPU default is 50): with
-:func:`_tanh`'s ~30 ops, a population's minibatch step ran ~13% faster than with 50."""
+:func:`_tanh`'s ~30 ops, a population's minibatch step ran ~13% faster than with 50. No
+precompiled runtime header: inductor builds it (156 MB, ~10 s here) under
+``/tmp/torchinductor_<user>``, outside :func:`cache_dir`, so a fresh machine's first compile
+took 26-28 s with it against 19-21 s without (17 s with it already built)."""
 
 _TRUST_ISA = {"cpp.vec_isa_ok": True}
 """Tried first when the user has not set ``TORCHINDUCTOR_VEC_ISA_OK``: inductor takes the vector
