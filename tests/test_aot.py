@@ -272,7 +272,7 @@ def test_the_isa_probes_left_with_the_isa_on_trust_run_in_a_forked_process(tmp_p
         assert jit._probe_isa_aside() is None
 
 
-def _scaled(x):
+def _halved(x):
     return x * 0.5
 
 
@@ -285,10 +285,23 @@ def test_packages_leave_nothing_outside_the_cache_folder(cache, monkeypatch):
     real = codecache._precompile_header
     monkeypatch.setattr(codecache, "_precompile_header",
                         lambda *a, **k: headers.append(a) or real(*a, **k))  # fmt: skip
-    fn = jit.compiled(_scaled)
+    fn = jit.compiled(_halved)
     x = torch.randn(3)
-    assert torch.equal(fn(x), _scaled(x)) and jit.captured(fn)
+    assert torch.equal(fn(x), _halved(x)) and jit.captured(fn)
     assert headers == []
+
+
+def _negated(x):
+    return -x
+
+
+def test_an_option_this_torch_lacks_is_left_out_of_the_compile(cache, monkeypatch):
+    """jit._INDUCTOR names options of this torch's inductor; a torch without one of them (an
+    older or newer release) still compiles, without it."""
+    monkeypatch.setattr(jit, "_INDUCTOR", {**jit._INDUCTOR, "an_option_no_torch_has": 1})
+    fn = jit.compiled(_negated)
+    x = torch.randn(3)
+    assert torch.equal(fn(x), _negated(x)) and jit.captured(fn)
 
 
 def test_fold_is_the_loop_of_calls_bit_for_bit(cache):

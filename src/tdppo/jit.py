@@ -735,6 +735,8 @@ def _compile_package(gm: torch.fx.GraphModule, leaves: list, path: Path) -> None
     tries = [_INDUCTOR]
     if inductor_config.cpp.vec_isa_ok is None:  # the user left inductor to probe
         tries.insert(0, {**_INDUCTOR, **_TRUST_ISA})
+    known = inductor_config.get_config_copy()  # an option this torch lacks would fail the compile
+    tries = [{k: v for k, v in options.items() if k in known} for options in tries]
     try:
         with warnings.catch_warnings():  # torch's own deprecation notices, not the user's
             warnings.simplefilter("ignore", FutureWarning)
