@@ -147,7 +147,7 @@ _INDUCTOR = {"realize_cpu_opcount_threshold": 8, "aot_inductor.precompile_header
 """AOTInductor's options for every package. Pointwise results of more than 8 ops are stored
 once, not recomputed in each kernel that reads them (inductor's CPU default is 50): with
 :func:`_tanh`'s ~30 ops, a population's minibatch step ran ~13% faster than with 50. No
-precompiled runtime header: inductor builds it (156 MB, ~10 s here) under
+precompiled runtime header: inductor builds it (156 MB, ~6 s of g++ here) under
 ``/tmp/torchinductor_<user>``, outside :func:`cache_dir`, so a fresh machine's first compile
 took 26-28 s with it against 19-21 s without (17 s with it already built)."""
 
@@ -725,13 +725,13 @@ def _forget_isa_verdicts() -> None:
 def _compile_package(gm: torch.fx.GraphModule, leaves: list, path: Path) -> None:
     """AOTInductor's package for ``gm``, written to a temporary file and renamed into place
     (a crash leaves no partial package; concurrent processes each write a whole one)."""
+    from torch._inductor import config as inductor_config
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         ep = torch.export.export(_Graph(gm), tuple(leaves), strict=False)
     fd, tmp = tempfile.mkstemp(suffix=".pt2", dir=path.parent)
     os.close(fd)
-    from torch._inductor import config as inductor_config
-
     tries = [_INDUCTOR]
     if inductor_config.cpp.vec_isa_ok is None:  # the user left inductor to probe
         tries.insert(0, {**_INDUCTOR, **_TRUST_ISA})
@@ -743,7 +743,7 @@ def _compile_package(gm: torch.fx.GraphModule, leaves: list, path: Path) -> None
             for i, options in enumerate(tries):
                 try:
                     torch._inductor.aoti_compile_and_package(
-                        ep, package_path=tmp, inductor_configs=dict(options)
+                        ep, package_path=tmp, inductor_configs=options
                     )
                     break
                 except Exception:
