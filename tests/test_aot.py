@@ -214,7 +214,7 @@ def test_packages_compute_tanh_within_2_ulp_of_float64_and_its_gradient_from_it(
     ])  # fmt: skip
     fn = jit.compiled(_tanh_and_grad)
     y, dy = fn(x)
-    (v,) = fn._variants.values()
+    assert len(fn._variants) == 1
     leaves: list = []
     jit._flatten((x,), leaves)
     gm = jit._Traced.of(_tanh_and_grad, (x,), leaves).gm
@@ -278,7 +278,7 @@ def _halved(x):
 
 def test_packages_leave_nothing_outside_the_cache_folder(cache, monkeypatch):
     """No precompiled header: inductor would build one (156 MB) under /tmp/torchinductor_<user>,
-    outside the cache folder, costing a fresh machine's first compile ~10 s."""
+    outside the cache folder, costing a fresh machine's first compile ~6 s of g++."""
     import torch._inductor.codecache as codecache
 
     headers = []

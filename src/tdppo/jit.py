@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -496,15 +497,24 @@ def _probe_isa_aside() -> int | None:
 
     if not hasattr(os, "fork") or inductor_config.cpp.vec_isa_ok is not None:
         return None
+    from torch._inductor import cpu_vec_isa
+
+    def probe() -> None:
+        with inductor_config.patch(_TRUST_ISA):
+            cpu_vec_isa.pick_vec_isa()
+
     _before_fork()
+    return _forked(probe)
+
+
+def _forked(work: Callable[[], object]) -> int:
+    """The pid of a forked child that runs ``work()`` and leaves by ``os._exit`` (0 when it
+    returned, 1 when it raised), without Python's exit handlers."""
     pid = os.fork()
-    if pid == 0:  # the child probes and leaves without Python's exit handlers
+    if pid == 0:
         code = 1
         try:
-            from torch._inductor import cpu_vec_isa
-
-            with inductor_config.patch(_TRUST_ISA):
-                cpu_vec_isa.pick_vec_isa()
+            work()
             code = 0
         finally:
             os._exit(code)
@@ -570,17 +580,7 @@ def _compile_all(jobs: list) -> None:
     workers = min(len(jobs), len(os.sched_getaffinity(0)))
     if workers > 1:
         _before_fork()
-    pids = []
-    for gm, leaves, path in jobs[1:workers]:
-        pid = os.fork()
-        if pid == 0:  # the child compiles one package and leaves without Python's exit handlers
-            code = 1
-            try:
-                _compile_once(gm, leaves, path)
-                code = 0
-            finally:
-                os._exit(code)
-        pids.append(pid)
+    pids = [_forked(functools.partial(_compile_once, *job)) for job in jobs[1:workers]]
     for gm, leaves, path in jobs[:1] + jobs[workers:]:
         _compile_once(gm, leaves, path)
     for pid in pids:
