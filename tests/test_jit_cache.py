@@ -54,3 +54,16 @@ def test_the_stable_folder_survives_torchs_own_default(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(tmp_path / "xdg" / "tdppo" / "inductor")
+
+
+def test_torchs_default_folder_is_torchs(monkeypatch, tmp_path):
+    """tdppo writes torch's ``default_cache_dir()`` out (importing it imports torch._inductor and
+    torch._dynamo): the two agree, for this user and for a name with characters torch replaces."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    assert jit._torch_default_dir() == os.path.abspath(default_cache_dir())
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    monkeypatch.setattr("getpass.getuser", lambda: 'a/b:c*d?"e<f>g|h\\i')
+    assert jit._torch_default_dir() == os.path.abspath(default_cache_dir())
+    assert jit._torch_default_dir().startswith(str(tmp_path))

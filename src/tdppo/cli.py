@@ -277,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import errno
 
+    from tdppo import lazy_dynamo
+
+    lazy_dynamo.install()  # before tensordict and TorchRL: ~1 s of every command's start
     from tdppo.checkpoint import CheckpointError
     from tdppo.signals import Preempted
 

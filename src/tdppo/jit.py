@@ -38,10 +38,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import getpass
 import hashlib
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import warnings
@@ -52,6 +54,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
+from tdppo import lazy_dynamo
 from tdppo.fingerprint import fingerprint
 
 __all__ = ["compiled", "captured", "cache_dir", "guards_checked", "compile_ahead", "fold", "Aot"]
@@ -85,9 +88,14 @@ def _torch_default_dir() -> str:
     """torch's own default folder, which ``import tensordict`` already writes into
     ``$TORCHINDUCTOR_CACHE_DIR`` (torch's ``cache_dir()`` records its choice there): that value
     is torch's, not a user's (a user who sets exactly this folder gets tdppo's instead)."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    return os.path.abspath(default_cache_dir())
+    # torch's default_cache_dir(), written out: importing it imports torch._inductor, and with
+    # it torch._dynamo (tdppo.lazy_dynamo), in every process; tests/test_jit_cache.py compares them
+    try:
+        user = getpass.getuser()
+    except (KeyError, ModuleNotFoundError, OSError):
+        user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
+    user = re.sub(r'[\\/:*?"<>|]', "_", user)
+    return os.path.abspath(os.path.join(tempfile.gettempdir(), "torchinductor_" + user))
 
 
 COMPILER_ENV = "TDPPO_COMPILER"
@@ -812,7 +820,13 @@ def _trusting():
     global _checking
     before, _checking = _checking, False
     try:
-        with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+        # without dynamo imported (tdppo.lazy_dynamo) nothing was torch.compile'd: no guards
+        stance = (
+            torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+            if lazy_dynamo.loaded()
+            else contextlib.nullcontext()
+        )
+        with stance:
             yield
     finally:
         _checking = before
