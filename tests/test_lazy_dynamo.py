@@ -189,3 +189,22 @@ def test_warm_compiled_run_never_imports_dynamo_and_trains_the_same_bits(tmp_pat
         assert set(la.keys()) == set(lb.keys()), top
         for k in la.keys():
             assert torch.equal(la[k], lb[k]), f"{top}/{k}"
+
+
+def test_a_kept_reference_to_the_stand_in_forwards_once_dynamo_is_imported():
+    code = textwrap.dedent(
+        """
+        import sys, torch
+        from tdppo import lazy_dynamo
+        assert lazy_dynamo.install()
+        stand_in = sys.modules["torch._dynamo"]
+        import torch._dynamo.eval_frame  # the real package, through a submodule
+        real = sys.modules["torch._dynamo"]
+        assert real is not stand_in and stand_in.disable is real.disable
+        assert stand_in.allow_in_graph is real.allow_in_graph
+        assert stand_in.config is real.config
+        print("ok")
+        """
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-3000:]

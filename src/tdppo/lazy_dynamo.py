@@ -30,6 +30,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import threading
 import types
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,7 @@ _NAME = "torch._dynamo"
 ENV = "TDPPO_LAZY_DYNAMO"
 """``0`` turns :func:`install` off."""
 
+_lock = threading.RLock()  # one thread imports the real module; the others then find it
 _allowed: list[Callable] = []
 _disabled: list[tuple[Any, Callable, tuple, dict]] = []
 
@@ -77,6 +79,11 @@ def install() -> bool:
 
 def _materialize() -> types.ModuleType:
     """Import the real module in the stand-in's place and replay what the stand-in recorded."""
+    with _lock:
+        return _materialize_locked()
+
+
+def _materialize_locked() -> types.ModuleType:
     mod = sys.modules.get(_NAME)
     if not isinstance(mod, _Stub):
         return importlib.import_module(_NAME)
@@ -152,7 +159,7 @@ class _Stub(types.ModuleType):
     """``torch._dynamo`` until something needs more than the three markers."""
 
     def __getattr__(self, name: str) -> Any:
-        if name in _DEFERRED:
+        if name in _DEFERRED and installed():  # once imported, a kept reference forwards
             return _DEFERRED[name]
         if name.startswith("__"):  # ``__wrapped__``, ``__all__``... asked by tools: not dynamo's
             raise AttributeError(name)
