@@ -63,7 +63,9 @@ def _compare(member: TensorDict, single: TensorDict, exact=(), atol=0.0, rtol=0.
             if top in exact or not a.dtype.is_floating_point:
                 assert torch.equal(a, b), f"{top}/{k} differs"
             else:
-                torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=f"{top}/{k}")
+                torch.testing.assert_close(
+                    a, b, atol=atol, rtol=rtol, msg=lambda m, where=f"{top}/{k}": f"{where}: {m}"
+                )
 
 
 # ----------------------------------------------------------------------------- members
@@ -144,7 +146,10 @@ def test_members_equal_single_agent_runs_pendulum_with_own_normalizers(tmp_path)
         single = train(_with(cfgs[i], run_dir=str(run), checkpoint_every=PER_UPDATE, keep=10))
         first = member_state(_after(tmp_path / "pop", 1), i)
         _compare(first, _after(run, 1), exact=("rng", "counters"), atol=1e-5, rtol=1e-5)
-        _compare(member_state(pop, i), single, exact=("rng", "counters"), atol=1e-5, rtol=1e-5)
+        # after 4 updates the float32 rounding of vmapped and single matmuls has compounded
+        # through Pendulum's dynamics: 3.5e-5 relative in the reward normalizer's return
+        # accumulator on an AVX-512 Xeon (another member's gamma or statistics differ by O(1))
+        _compare(member_state(pop, i), single, exact=("rng", "counters"), atol=1e-5, rtol=2e-4)
 
 
 # ----------------------------------------------------------------------------- files
