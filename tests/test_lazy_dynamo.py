@@ -174,7 +174,7 @@ def _cli(args: list[str], **env: str) -> dict:
 
 @pytest.mark.compile
 @pytest.mark.xdist_group("tiny-compiled")
-def test_warm_compiled_run_never_imports_dynamo_and_trains_the_same_bits(tmp_path):
+def test_warm_compiled_run_eval_and_inspect_never_import_dynamo_and_train_the_same_bits(tmp_path):
     from tdppo.checkpoint import load_checkpoint
     from tdppo.state import EXACT_KEYS
 
@@ -182,6 +182,12 @@ def test_warm_compiled_run_never_imports_dynamo_and_trains_the_same_bits(tmp_pat
     warm = _cli([*_TINY, "--run-dir", str(tmp_path / "warm")])
     eager_import = _cli([*_TINY, "--run-dir", str(tmp_path / "plain")], TDPPO_LAZY_DYNAMO="0")
     assert not warm["loaded"] and eager_import["loaded"]
+    # the other commands read a checkpoint and run the policy: no dynamo either
+    for cmd in (
+        ["eval", str(tmp_path / "warm"), "--episodes", "1"],
+        ["inspect", str(tmp_path / "warm")],
+    ):
+        assert not _cli(cmd)["loaded"], cmd
     a = load_checkpoint(tmp_path / "warm")
     b = load_checkpoint(tmp_path / "plain")
     for top in EXACT_KEYS:
