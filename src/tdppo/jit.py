@@ -85,9 +85,10 @@ def cache_dir() -> Path:
 
 
 def _torch_default_dir() -> str:
-    """torch's own default folder, which ``import tensordict`` already writes into
-    ``$TORCHINDUCTOR_CACHE_DIR`` (torch's ``cache_dir()`` records its choice there): that value
-    is torch's, not a user's (a user who sets exactly this folder gets tdppo's instead)."""
+    """torch's own default folder, which torch writes into ``$TORCHINDUCTOR_CACHE_DIR`` once
+    inductor is imported (``import tensordict`` does so, unless :mod:`tdppo.lazy_dynamo` holds
+    dynamo back; torch's ``cache_dir()`` records its choice there): that value is torch's, not
+    a user's (a user who sets exactly this folder gets tdppo's instead)."""
     # torch's default_cache_dir(), written out: importing it imports torch._inductor, and with
     # it torch._dynamo (tdppo.lazy_dynamo), in every process; tests/test_jit_cache.py compares them
     try:
