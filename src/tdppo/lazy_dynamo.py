@@ -27,7 +27,6 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
-import inspect
 import os
 import sys
 import threading
@@ -43,7 +42,7 @@ ENV = "TDPPO_LAZY_DYNAMO"
 
 _lock = threading.RLock()  # one thread imports the real module; the others then find it
 _allowed: list[Callable] = []
-_disabled: list[tuple[Any, Callable, tuple, dict]] = []
+_disabled: list[tuple[_Target, Callable, tuple, dict]] = []
 
 
 def installed() -> bool:
@@ -136,7 +135,7 @@ class _Target:
 def _disable(fn: Any = None, *args: Any, **kwargs: Any) -> Any:
     if fn is None:  # ``@disable()``, ``@disable(recursive=False)``: a decorator
         return lambda f: _disable(f, *args, **kwargs)
-    if not inspect.isfunction(fn):
+    if not isinstance(fn, types.FunctionType):
         return _materialize().disable(fn, *args, **kwargs)
     target = _Target(fn)
 
